@@ -1,0 +1,1 @@
+"""jaxdissect: GAN Dissection in JAX."""

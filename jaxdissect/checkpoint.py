@@ -1,0 +1,91 @@
+"""Model folders: an orbax checkpoint of parameters plus a JSON of metadata.
+
+A model folder looks like::
+
+    DIR/params/      orbax StandardCheckpointer tree (numpy arrays)
+    DIR/meta.json    what the model is (architecture, labels, provenance)
+
+Writes are atomic: everything goes to a hidden sibling folder that is renamed
+onto DIR only once complete, so a failed conversion never leaves a partial DIR.
+"""
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxdissect.errors import UserError
+
+META_FILE = "meta.json"
+PARAMS_DIR = "params"
+
+
+@contextlib.contextmanager
+def atomic_directory(dst):
+    """Yields a temporary folder beside `dst`, renamed onto `dst` on success.
+
+    Refuses to replace an existing non-empty `dst`. On any exception the
+    temporary folder is removed and `dst` is left untouched.
+    """
+    dst = os.path.abspath(dst)
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise UserError(f"{dst}: already exists and is not empty; choose a new destination")
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(dst):
+            os.rmdir(dst)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_params(path, params):
+    """Writes a pytree of arrays as an orbax checkpoint at `path` (absolute)."""
+    params = _to_numpy(params)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(path), params)
+
+
+def read_params(path):
+    """Reads an orbax checkpoint written by `write_params` as numpy arrays."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(os.path.abspath(path))
+
+
+def save_model(dst, params, meta):
+    """Writes a model folder atomically (see module docstring)."""
+    with atomic_directory(dst) as tmp:
+        write_params(os.path.join(tmp, PARAMS_DIR), params)
+        with open(os.path.join(tmp, META_FILE), "w") as f:
+            json.dump(meta, f, indent=1)
+
+
+def load_model(path, kind=None):
+    """Reads a model folder; returns (params, meta).
+
+    `kind`, when given, must equal meta["kind"] (e.g. "proggan", "upernet").
+    """
+    meta_path = os.path.join(path, META_FILE)
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: no such model folder")
+    if not os.path.isfile(meta_path):
+        raise UserError(f"{path}: not a converted model folder (no {META_FILE}); "
+                        "convert the weights first with the scripts in convert/")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if kind is not None and meta.get("kind") != kind:
+        raise UserError(f"{path}: holds a {meta.get('kind')!r} model, expected {kind!r}")
+    params = read_params(os.path.join(path, PARAMS_DIR))
+    return params, meta
+
+
+def _to_numpy(tree):
+    import jax
+    return jax.tree.map(np.asarray, tree)

@@ -1,0 +1,3 @@
+"""Imports every mode module so that each registers itself and its flags."""
+# One import per mode module, e.g.:
+# from jaxdissect.cli import generate  # noqa: F401

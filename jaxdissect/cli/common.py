@@ -1,0 +1,28 @@
+"""Flags shared by several modes, and helpers to validate them."""
+import os
+
+from absl import flags
+
+from jaxdissect.errors import UserError
+
+flags.DEFINE_string("generator", None, "Converted generator folder (from convert/proggan.py or weights/toy/generator).")
+flags.DEFINE_string("segmenter", None, "Converted segmenter folder (from convert/upernet.py or weights/toy/segmenter).")
+flags.DEFINE_string("outdir", None, "Output folder of the run.")
+flags.DEFINE_integer("batch_size", 8, "Samples per batch (split across all devices).")
+flags.DEFINE_integer("seed", 1, "Global random seed; results do not depend on the device count.")
+
+FLAGS = flags.FLAGS
+
+
+def require(*names):
+    """Raises UserError naming the first of the flags `names` that is unset."""
+    for name in names:
+        if FLAGS[name].value in (None, ""):
+            raise UserError(f"--{name} is required for --mode={FLAGS.mode}")
+
+
+def existing_file(flag_name):
+    path = FLAGS[flag_name].value
+    if not os.path.isfile(path):
+        raise UserError(f"--{flag_name}={path}: no such file")
+    return path

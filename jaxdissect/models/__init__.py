@@ -1,0 +1,1 @@
+"""Generators: the Progressive GAN port and its discriminator for toy training."""

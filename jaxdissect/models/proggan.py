@@ -1,0 +1,238 @@
+"""Progressive GAN generator (the GAN Dissection release), as a Flax module.
+
+Layout conventions of the library: featuremaps and images are NHWC (units on
+the last axis); latents are (N, C). Files written for users are NCHW, the
+original tools' layout, converted at the boundary.
+
+The paper's split `G(z) = f(h(z))` is exposed by `ProGAN`:
+`h(params, z, layers)` runs up to the deepest requested layer and returns the
+named featuremaps, `f(params, r, layer)` runs the rest from a (possibly
+edited) featuremap, and `__call__` runs the whole generator with optional
+edits applied to any layers' outputs. All are pure functions of
+(params, inputs), so they compose with jit, vmap and grad.
+"""
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# An edit maps a layer's output featuremap (N, H, W, C) to a featuremap of the
+# same shape; see jaxdissect.intervention for the standard ones.
+Edit = Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """One block of the generator: pixel norm, optional 2x upsample, conv, WScale, act."""
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    padding: int
+    upsample: bool
+    gain: float
+    activation: bool
+    resolution: int
+
+    @property
+    def scale(self):
+        """WScale multiplier gain / sqrt(C_in), applied to the conv output."""
+        return self.gain / math.sqrt(self.in_channels)
+
+
+def layer_specs(sizes):
+    """The blocks of a generator with channel table `sizes` (see fixtures README).
+
+    sizes[0] is the latent size, sizes[1] the channels at 4x4 and sizes[k]
+    the channels at resolution 2**(k+1). There are 2*len(sizes)-2 hidden
+    layers and an output layer named output_RxR with R = 2**len(sizes).
+    """
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"sizes needs at least a latent size and one stage, got {sizes}")
+    hidden_gain = lambda k: math.sqrt(2.0) / k
+    specs = [LayerSpec("layer1", sizes[0], sizes[1], 4, 3, False, hidden_gain(4), True, 4),
+             LayerSpec("layer2", sizes[1], sizes[1], 3, 1, False, hidden_gain(3), True, 4)]
+    for stage in range(2, len(sizes)):
+        cin, cout, res = sizes[stage - 1], sizes[stage], 2 ** (stage + 1)
+        n = 2 * stage - 1
+        specs.append(LayerSpec(f"layer{n}", cin, cout, 3, 1, True, hidden_gain(3), True, res))
+        specs.append(LayerSpec(f"layer{n + 1}", cout, cout, 3, 1, False, hidden_gain(3), True, res))
+    res = 2 ** len(sizes)
+    specs.append(LayerSpec(f"output_{res}x{res}", sizes[-1], 3, 1, 0, False, 1.0, False, res))
+    return tuple(specs)
+
+
+def pixel_norm(x, eps=1e-8):
+    """x / sqrt(mean over channels of x^2 + eps), per sample and pixel."""
+    return x / jnp.sqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
+def upsample_nearest_2x(x):
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ProGANBlock(nn.Module):
+    """Pixel norm -> [nearest 2x] -> conv (no bias) -> * scale + bias -> [LeakyReLU 0.2].
+
+    Parameters: `kernel` (kh, kw, C_in, C_out), HWIO; `bias` (C_out,).
+    """
+    spec: LayerSpec
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        s = self.spec
+        kernel = self.param("kernel", nn.initializers.normal(1.0),
+                            (s.kernel_size, s.kernel_size, s.in_channels, s.out_channels))
+        bias = self.param("bias", nn.initializers.zeros, (s.out_channels,))
+        x = pixel_norm(x.astype(self.dtype))
+        if s.upsample:
+            x = upsample_nearest_2x(x)
+        precision = jax.lax.Precision.HIGHEST if self.dtype == jnp.float32 else None
+        y = jax.lax.conv_general_dilated(
+            x, kernel.astype(self.dtype), window_strides=(1, 1),
+            padding=[(s.padding, s.padding)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+        # Two float32 ops, scale rounded to the compute dtype, as upstream.
+        y = y * jnp.asarray(s.scale, self.dtype) + bias.astype(self.dtype)
+        if s.activation:
+            y = jnp.where(y >= 0, y, y * jnp.asarray(0.2, self.dtype))
+        return y
+
+
+class ProgressiveGeneratorModule(nn.Module):
+    """Runs blocks [start, stop) of the generator; see `ProGAN` for the API."""
+    sizes: Sequence[int]
+    output_tanh: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, start=0, stop=None, capture=(), edits=None):
+        specs = layer_specs(self.sizes)
+        stop = len(specs) if stop is None else stop
+        edits = edits or {}
+        if start == 0:
+            x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
+        captured = {}
+        for spec in specs[start:stop]:
+            x = ProGANBlock(spec, self.dtype, name=spec.name)(x)
+            if spec.name in edits:
+                x = edits[spec.name](x)
+            if spec.name in capture:
+                captured[spec.name] = x
+        if stop == len(specs) and self.output_tanh:
+            x = jnp.clip(x, -1.0, 1.0)  # upstream's "tanh" option is a Hardtanh
+        return x, captured
+
+
+@dataclasses.dataclass(frozen=True)
+class ProGAN:
+    """A Progressive GAN generator architecture; hashable, so usable as a static jit arg.
+
+    Every method is a pure function of `params` (the Flax variables dict,
+    `{"params": {...}}`) and arrays. Images come out NHWC in the compute
+    dtype, nominally in [-1, 1] but not clamped (as upstream).
+    """
+    sizes: tuple
+    output_tanh: bool = False
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
+
+    @classmethod
+    def from_meta(cls, meta, dtype=jnp.float32):
+        return cls(tuple(meta["sizes"]), bool(meta.get("output_tanh", False)), dtype)
+
+    @property
+    def specs(self):
+        return layer_specs(self.sizes)
+
+    @property
+    def layer_names(self):
+        return tuple(s.name for s in self.specs)
+
+    @property
+    def latent_size(self):
+        return self.sizes[0]
+
+    @property
+    def resolution(self):
+        return 2 ** len(self.sizes)
+
+    def featuremap_shape(self, layer):
+        """(H, W, C) of a layer's output."""
+        spec = self.specs[self.layer_index(layer)]
+        return (spec.resolution, spec.resolution, spec.out_channels)
+
+    def layer_index(self, layer):
+        names = self.layer_names
+        if layer not in names:
+            raise ValueError(f"unknown layer {layer!r}; valid layers: {', '.join(names)}")
+        return names.index(layer)
+
+    @property
+    def module(self):
+        return ProgressiveGeneratorModule(self.sizes, self.output_tanh, self.dtype)
+
+    def init(self, rng):
+        z = jnp.zeros((1, self.latent_size), jnp.float32)
+        return self.module.init(rng, z)
+
+    def __call__(self, params, z, edits: Mapping[str, Edit] = None, capture=()):
+        """The whole generator: returns (image, {layer: featuremap for layer in capture})."""
+        for name in list(capture) + list(edits or {}):
+            self.layer_index(name)
+        return self.module.apply(params, z, capture=tuple(capture), edits=edits)
+
+    def h(self, params, z, layers, edits: Mapping[str, Edit] = None):
+        """Runs up to the deepest of `layers`; returns {layer: featuremap}."""
+        layers = (layers,) if isinstance(layers, str) else tuple(layers)
+        stop = 1 + max(self.layer_index(name) for name in layers)
+        _, captured = self.module.apply(params, z, stop=stop, capture=layers, edits=edits)
+        return captured
+
+    def f(self, params, r, layer, edits: Mapping[str, Edit] = None, capture=()):
+        """Runs the layers after `layer` on its featuremap `r`; returns the image.
+
+        With `capture`, returns (image, {later layer: featuremap}) instead.
+        """
+        start = self.layer_index(layer) + 1
+        image, captured = self.module.apply(params, r, start=start, capture=tuple(capture),
+                                            edits=edits)
+        return (image, captured) if capture else image
+
+
+def params_from_state_dict(state_dict, sizes):
+    """Maps an upstream state dict (modern names, OIHW numpy) to Flax variables.
+
+    Raises KeyError/ValueError naming the key on anything missing, unexpected
+    or misshapen; the converter turns those into user errors.
+    """
+    specs = layer_specs(sizes)
+    expected = {}
+    for s in specs:
+        expected[f"{s.name}.conv.weight"] = (s.out_channels, s.in_channels, s.kernel_size, s.kernel_size)
+        expected[f"{s.name}.wscale.b"] = (s.out_channels,)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing:
+        raise KeyError(f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if unexpected:
+        raise KeyError(f"unexpected key {unexpected[0]!r}" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    for key, shape in expected.items():
+        got = tuple(np.shape(state_dict[key]))
+        if got != shape:
+            raise ValueError(f"key {key!r} has shape {got}, expected {shape}")
+    params = {}
+    for s in specs:
+        params[s.name] = {
+            "kernel": np.ascontiguousarray(np.transpose(np.asarray(state_dict[f"{s.name}.conv.weight"], np.float32), (2, 3, 1, 0))),
+            "bias": np.asarray(state_dict[f"{s.name}.wscale.b"], np.float32),
+        }
+    return {"params": params}

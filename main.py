@@ -1,0 +1,37 @@
+"""jaxdissect entry point: python main.py --mode=MODE [--flagfile=configs/...] [flags].
+
+`python main.py --help` lists every mode and flag.
+"""
+import sys
+
+from absl import app, flags
+
+from jaxdissect import cli
+from jaxdissect.cli import all_modes  # noqa: F401  (registers the modes and their flags)
+from jaxdissect.errors import UserError
+
+flags.DEFINE_string("mode", None, "What to run; one of the modes listed in --help.")
+FLAGS = flags.FLAGS
+
+
+def mode_list():
+    return "\n".join(f"  {name:10s} {text}" for name, (text, _) in sorted(cli.MODES.items()))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.mode not in cli.MODES:
+        print(f"error: unknown --mode={FLAGS.mode}; valid modes:\n{mode_list()}", file=sys.stderr)
+        return 2
+    try:
+        cli.MODES[FLAGS.mode][1]()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.modules["__main__"].__doc__ = __doc__ + "\nModes:\n" + mode_list()
+    app.run(lambda argv: sys.exit(main(argv)))
