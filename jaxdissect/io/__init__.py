@@ -1,0 +1,1 @@
+"""Readers of files written by other tools (PyTorch `.pth` checkpoints)."""
