@@ -211,8 +211,9 @@ class ProGAN:
 def params_from_state_dict(state_dict, sizes):
     """Maps an upstream state dict (modern names, OIHW numpy) to Flax variables.
 
-    Raises KeyError/ValueError naming the key on anything missing, unexpected
-    or misshapen; the converter turns those into user errors.
+    Raises KeyError (missing or unexpected keys) or ValueError (wrong shape,
+    non-float dtype) with a one-line message naming the key; the converter
+    turns those into user errors.
     """
     specs = layer_specs(sizes)
     expected = {}
@@ -221,14 +222,18 @@ def params_from_state_dict(state_dict, sizes):
         expected[f"{s.name}.wscale.b"] = (s.out_channels,)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    if missing:
-        raise KeyError(f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if unexpected:
-        raise KeyError(f"unexpected key {unexpected[0]!r}" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    if missing or unexpected:
+        problems = [f"{what} {_first_keys(keys)}" for what, keys in
+                    (("missing key", missing), ("unexpected key", unexpected)) if keys]
+        raise KeyError(f"{'; '.join(problems)} (for sizes {[int(s) for s in sizes]})")
     for key, shape in expected.items():
-        got = tuple(np.shape(state_dict[key]))
+        value = state_dict[key]
+        got = tuple(np.shape(value))
         if got != shape:
             raise ValueError(f"key {key!r} has shape {got}, expected {shape}")
+        if not jnp.issubdtype(np.asarray(value).dtype, jnp.floating):
+            raise ValueError(f"key {key!r} has dtype {np.asarray(value).dtype}, "
+                             "expected a floating-point tensor")
     params = {}
     for s in specs:
         params[s.name] = {
@@ -236,3 +241,9 @@ def params_from_state_dict(state_dict, sizes):
             "bias": np.asarray(state_dict[f"{s.name}.wscale.b"], np.float32),
         }
     return {"params": params}
+
+
+def _first_keys(keys, shown=3):
+    """'a', 'b', 'c' (and 4 more): a short quotation of a list of keys."""
+    text = ", ".join(repr(k) for k in keys[:shown])
+    return text + (f" (and {len(keys) - shown} more)" if len(keys) > shown else "")
