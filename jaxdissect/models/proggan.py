@@ -165,6 +165,14 @@ class ProGAN:
     def resolution(self):
         return 2 ** len(self.sizes)
 
+    def meta(self, source):
+        """The meta.json of a model folder holding this generator; `source` says where it came from."""
+        return {"kind": "proggan", "sizes": list(self.sizes), "resolution": self.resolution,
+                "output_tanh": self.output_tanh,
+                "layers": [{"name": name, "shape": list(self.featuremap_shape(name))}
+                           for name in self.layer_names],
+                "source": source}
+
     def featuremap_shape(self, layer):
         """(H, W, C) of a layer's output."""
         spec = self.specs[self.layer_index(layer)]

@@ -86,14 +86,6 @@ def convert(src, dst):
     except (KeyError, ValueError) as e:
         raise UserError(f"{src}: {e.args[0]}") from None
     model = ProGAN(tuple(sizes))
-    meta = {
-        "kind": "proggan",
-        "sizes": list(model.sizes),
-        "resolution": model.resolution,
-        "output_tanh": False,
-        "layers": [{"name": name, "shape": list(model.featuremap_shape(name))}
-                   for name in model.layer_names],
-        "source": {"file": os.path.basename(src), "sha256": file_sha256(src)},
-    }
+    meta = model.meta({"file": os.path.basename(src), "sha256": file_sha256(src)})
     save_model(dst, params, meta)
     return meta
