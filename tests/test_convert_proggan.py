@@ -1,16 +1,15 @@
 """The ProGAN converter and loader: golden parity from all three .pth variants, and refusals."""
-import functools
 import hashlib
 import json
 import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 import pth_writer as pw
+from jaxdissect.cli.generate import generate
 from jaxdissect.errors import UserError
 from jaxdissect.io.pth import load_state_dict
 from jaxdissect.models.load import load_generator
@@ -27,15 +26,6 @@ def small_dir(shared_dir):
     return os.path.join(shared_dir, "fixtures", "proggan", "small")
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def run_all_layers(model, params, z):
-    return model(params, z, capture=model.layer_names)
-
-
-def nchw(x):
-    return np.transpose(np.asarray(x), (0, 3, 1, 2))
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_converted_small_model_matches_golden(shared_dir, tmp_path, variant):
     src = os.path.join(small_dir(shared_dir), variant)
@@ -43,12 +33,11 @@ def test_converted_small_model_matches_golden(shared_dir, tmp_path, variant):
     convert(src, dst)
     model, params = load_generator(dst)
     golden = np.load(os.path.join(small_dir(shared_dir), "golden_small.npz"))
-    image, layers = run_all_layers(model, params, golden["z"])
-    assert set(layers) == {"layer1", "layer2", "layer3", "layer4", "layer5", "layer6",
-                           "layer7", "layer8", "output_32x32"}
-    for name, value in layers.items():
-        np.testing.assert_allclose(nchw(value), golden[name], rtol=0, atol=SMALL_ATOL, err_msg=name)
-    np.testing.assert_allclose(nchw(image), golden["image"], rtol=0, atol=SMALL_ATOL)
+    outputs = generate(model, params, golden["z"], capture=model.layer_names, batch_size=4)
+    assert set(outputs) == {"image", "layer1", "layer2", "layer3", "layer4", "layer5", "layer6",
+                            "layer7", "layer8", "output_32x32"}
+    for name, value in outputs.items():
+        np.testing.assert_allclose(value, golden[name], rtol=0, atol=SMALL_ATOL, err_msg=name)
 
 
 def test_meta(shared_dir, tmp_path):
@@ -87,8 +76,7 @@ def test_old_names_become_modern_names(shared_dir):
 def test_infer_sizes_of_the_full_configurations(shared_dir, table):
     with open(os.path.join(shared_dir, "fixtures", "proggan", "full", table)) as f:
         config = json.load(f)
-    params = config["params"] if "params" in config else config["keys"]
-    shapes = {entry[0]: np.broadcast_to(np.float32(0), entry[1]) for entry in params}
+    shapes = {entry[0]: np.broadcast_to(np.float32(0), entry[1]) for entry in config["params"]}
     assert infer_sizes(shapes) == config["sizes"]
 
 

@@ -1,3 +1,4 @@
 """Imports every mode module so that each registers itself and its flags."""
 # One import per mode module, e.g.:
 # from jaxdissect.cli import generate  # noqa: F401
+from jaxdissect.cli import generate  # noqa: F401

@@ -1,0 +1,105 @@
+"""--mode=generate: images (and chosen featuremaps) of a generator for given latents.
+
+    python main.py --mode=generate --generator=DIR --z=Z.npy --out=OUT.npz \
+        [--capture=layer4,layer6] [--batch_size=8] [--png_dir=DIR]
+
+OUT.npz holds `image` (N, 3, R, R) and one (N, C, H, W) array per captured
+layer, float32, in the original tools' NCHW layout.
+"""
+import os
+import tempfile
+
+import jax
+import numpy as np
+from absl import flags
+from PIL import Image
+
+from jaxdissect.cli import register
+from jaxdissect.cli.common import FLAGS, require
+from jaxdissect.errors import UserError
+from jaxdissect.models.load import load_generator
+
+flags.DEFINE_string("z", None, "generate: .npy file of latents, float, shape (N, latent_size).")
+flags.DEFINE_string("out", None, "generate: .npz file to write (image and captured layers, NCHW float32).")
+flags.DEFINE_list("capture", [], "generate: layers whose featuremaps to save too, e.g. layer4,layer6.")
+flags.DEFINE_string("png_dir", None, "generate: also write each image as DIR/NNNNNN.png.")
+
+
+def read_latents(path, latent_size):
+    """Loads an (N, latent_size) float .npy as float32; UserError naming the problem."""
+    if not os.path.isfile(path):
+        raise UserError(f"--z={path}: no such file")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:  # np.load raises several types for a non-.npy file
+        raise UserError(f"--z={path}: not a .npy array file ({type(e).__name__}: {e})") from None
+    if not isinstance(z, np.ndarray):
+        raise UserError(f"--z={path}: holds several arrays (an .npz); give one (N, {latent_size}) .npy")
+    if z.ndim != 2 or z.shape[1] != latent_size or z.shape[0] == 0:
+        raise UserError(f"--z={path}: shape {z.shape}, expected (N, {latent_size}) with N >= 1")
+    if z.dtype.kind != "f":
+        raise UserError(f"--z={path}: dtype {z.dtype}, expected float32 or float64")
+    return z.astype(np.float32)
+
+
+def generate(model, params, z, capture=(), batch_size=8):
+    """Runs the generator over `z` in fixed-size batches; returns NCHW float32 arrays.
+
+    The last batch is padded with zeros so that every call has the same shape
+    and the jitted generator compiles once.
+    """
+    for name in capture:
+        if name not in model.layer_names:
+            raise UserError(f"--capture: unknown layer {name!r}; valid layers: "
+                            f"{', '.join(model.layer_names)}")
+    batch = min(batch_size, len(z))
+    run = jax.jit(lambda params, z: model(params, z, capture=tuple(capture)))
+    chunks = {name: [] for name in ("image", *capture)}
+    for start in range(0, len(z), batch):
+        block = z[start:start + batch]
+        count = len(block)
+        block = np.concatenate([block, np.zeros((batch - count, z.shape[1]), z.dtype)])
+        image, captured = run(params, block)
+        for name, value in [("image", image), *captured.items()]:
+            chunks[name].append(np.transpose(np.asarray(value, np.float32)[:count], (0, 3, 1, 2)))
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def image_bytes(images):
+    """NCHW images nominally in [-1, 1] -> NHWC uint8, as the original tools round them."""
+    scaled = np.clip((np.asarray(images, np.float64) + 1) / 2 * 255, 0, 255)
+    return np.rint(scaled).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def save_npz_atomically(path, arrays):
+    """Writes `arrays` to `path` via a temporary file beside it, then renames."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_pngs(folder, images):
+    os.makedirs(folder, exist_ok=True)
+    for i, pixels in enumerate(image_bytes(images)):
+        Image.fromarray(pixels).save(os.path.join(folder, f"{i:06d}.png"))
+
+
+@register("generate", "Generate images (and layer featuremaps) for latents from a .npy file.")
+def run():
+    require("generator", "z", "out")
+    if FLAGS.batch_size < 1:
+        raise UserError(f"--batch_size={FLAGS.batch_size}: must be at least 1")
+    model, params = load_generator(FLAGS.generator)
+    z = read_latents(FLAGS.z, model.latent_size)
+    arrays = generate(model, params, z, FLAGS.capture, FLAGS.batch_size)
+    save_npz_atomically(FLAGS.out, arrays)
+    if FLAGS.png_dir:
+        save_pngs(FLAGS.png_dir, arrays["image"])
+    print(f"wrote {FLAGS.out}: {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}")
