@@ -1,0 +1,10 @@
+"""Semantic segmenters: the UPerNet networks and the Segmenter that merges
+their heads into one label space.
+
+- `upernet`, `resnet`, `resample`: the networks (unified parsing "upp" and
+  ADE20K), as pure functions of (config, params, input).
+- `labels`: label spaces (class numbers, names, categories), plain Python.
+- `segmenter`: `Segmenter`, images in [-1, 1] to class maps and
+  differentiable class scores.
+"""
+from jaxdissect.segmentation.segmenter import Segmenter  # noqa: F401

@@ -1,0 +1,369 @@
+"""The Segmenter: label numbering, merging, quad division, preprocessing and voting.
+
+References: the upp wrapper's own outputs on seeded weights
+(fixtures/upernet: labelcats.json, wrapper_meta.json, golden_upp.npz,
+golden_ade20k.npz), and brute-force numpy (flood fill, pooling loops).
+"""
+import collections
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdissect.errors import UserError
+from jaxdissect.segmentation import segmenter as seg
+from jaxdissect.segmentation import resample, upernet
+from jaxdissect.segmentation.labels import (PART_OWNERS, SEGDIVS, flat_label_space,
+                                            flat_label_space_from_meta, upp_label_space)
+from seeded_upernet import seeded_state_dicts
+
+# predict_single_class goldens: tag -> class number (undivided numbering).
+PSC_CLASSES = {"door": 137, "tree": 131, "sky": 11, "window": 163,
+               "material_painted": 350, "part_roof": 366}
+
+
+@pytest.fixture(scope="module")
+def fixtures(shared_dir):
+    return os.path.join(shared_dir, "fixtures", "upernet")
+
+
+def _json(fixtures, name):
+    with open(os.path.join(fixtures, name)) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def labels_json(fixtures):
+    return _json(fixtures, "labels.json")
+
+
+@pytest.fixture(scope="module")
+def golden_upp(fixtures):
+    with np.load(os.path.join(fixtures, "golden_upp.npz")) as g:
+        return dict(g)
+
+
+@pytest.fixture(scope="module")
+def golden_ade(fixtures):
+    with np.load(os.path.join(fixtures, "golden_ade20k.npz")) as g:
+        return dict(g)
+
+
+def nhwc(a):
+    return np.transpose(a, (0, 2, 3, 1))
+
+
+@pytest.fixture(scope="module")
+def upp_probs(golden_upp):
+    """The wrapper's summed probabilities (one scale: the inference outputs), NHWC."""
+    parts = tuple(nhwc(golden_upp[f"inf_part{k}_{owner}_softmax"])
+                  for k, owner in enumerate(PART_OWNERS))
+    return {"object": nhwc(golden_upp["inf_object_softmax"]),
+            "material": nhwc(golden_upp["inf_material_softmax"]), "part": parts}
+
+
+def upp_config(labels_json):
+    owners = sorted(labels_json["object_part"], key=labels_json["object"].index)
+    return upernet.UPerNetConfig(
+        "upp", n_object=len(labels_json["object"]), n_material=len(labels_json["material"]),
+        n_scene=len(labels_json["scene"]),
+        part_sizes=tuple(len(labels_json["object_part"][o]) for o in owners))
+
+
+# ---------------------------------------------------------------------------
+# Label spaces
+
+@pytest.mark.parametrize("segdiv", SEGDIVS)
+def test_upp_label_space_matches_wrapper(fixtures, labels_json, segdiv):
+    space = upp_label_space(labels_json, segdiv)
+    expected = _json(fixtures, "labelcats.json")[segdiv]
+    meta = _json(fixtures, "wrapper_meta.json")[segdiv]
+    assert [list(label) for label in space.labels] == expected["labelcats"]
+    assert list(space.categories) == expected["categories"]
+    assert space.num_classes == meta["num_classes"]
+    assert space.divmult == meta["divmult"]
+    assert list(space.owner_objects) == meta["objects_with_parts"]
+    assert [list(p) for p in space.part_index] == [meta["part_index"][o] for o in PART_OWNERS]
+    first_part = space.material_offset + space.n_material
+    assert [space.labels[i][0] for i in range(first_part, space.num_classes)] == meta["part_names"]
+    # The decoder's part channels are split by ascending owner object index.
+    assert space.owner_slots == (0, 1, 2)
+    assert space.decoder_part_sizes == (2, 24, 15, 13, 11)
+
+
+def test_upp_owner_slots_follow_object_index_not_json_order(labels_json):
+    """Renumbering the objects so that person comes first moves its part list first."""
+    objects = list(labels_json["object"])
+    sky, person = objects.index("sky"), objects.index("person")
+    objects[sky], objects[person] = objects[person], objects[sky]
+    space = upp_label_space(dict(labels_json, object=objects), "undivided")
+    assert space.owner_objects == (person, 319, sky)
+    assert space.owner_slots == (2, 1, 0)
+    assert space.decoder_part_sizes == (15, 24, 2, 13, 11)
+
+
+def test_upp_label_space_rejects_bad_labels(labels_json):
+    with pytest.raises(UserError, match="segdiv"):
+        upp_label_space(labels_json, "halves")
+    with pytest.raises(UserError, match="object_part"):
+        upp_label_space({k: v for k, v in labels_json.items() if k != "object_part"}, "quad")
+    no_sky = {k: v for k, v in labels_json["object_part"].items() if k != "sky"}
+    with pytest.raises(UserError, match="'sky'"):
+        upp_label_space(dict(labels_json, object_part=no_sky), "quad")
+
+
+def test_flat_label_space():
+    ade = flat_label_space(["wall", "building", "sky"])
+    assert ade.labels == (("-", "object"), ("wall", "object"), ("building", "object"),
+                          ("sky", "object"))
+    assert ade.channel_shift == 1 and ade.categories == ("object",)
+    toy = flat_label_space_from_meta({"names": ["-", "sky", "door", "brick"],
+                                      "categories": ["object", "object", "part", "material"]})
+    assert toy.channel_shift == 0 and toy.num_classes == 4
+    assert toy.labels[2] == ("door", "part")
+    assert toy.categories == ("object", "part", "material")
+    with pytest.raises(UserError, match="2 names but 1 categories"):
+        flat_label_space(["-", "sky"], ["object"])
+
+
+# ---------------------------------------------------------------------------
+# Merging the golden probabilities
+
+merge_upp = jax.jit(seg.merge_upp_segmentation, static_argnums=0)
+
+
+@pytest.mark.parametrize("segdiv, key", [("undivided", "seg_undivided"), ("quad", "seg_quad")])
+def test_upp_merge_reproduces_wrapper_segmentation(labels_json, upp_probs, golden_upp,
+                                                   segdiv, key):
+    out = np.asarray(merge_upp(upp_label_space(labels_json, segdiv), upp_probs))
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, golden_upp[key])
+
+
+def test_upp_class_score_reproduces_predict_single_class(labels_json, upp_probs, golden_upp):
+    space = upp_label_space(labels_json, "undivided")
+    traces = []
+
+    @jax.jit
+    def score(probs, classnum):
+        traces.append(1)
+        return seg.upp_class_score(space, probs, classnum)
+
+    for tag, classnum in PSC_CLASSES.items():
+        s, mask = score(upp_probs, jnp.int32(classnum))
+        np.testing.assert_allclose(np.asarray(s), golden_upp[f"psc_{tag}_score"], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(mask), golden_upp[f"psc_{tag}_mask"])
+    assert len(traces) == 1, "switching classes must not recompile"
+
+
+def test_flat_merge_and_class_score(golden_ade):
+    probs = {"object": nhwc(golden_ade["softmax_64"])}
+    space = flat_label_space([f"class_{i}" for i in range(150)])
+    argmax = probs["object"].argmax(-1)
+    out = np.asarray(seg.merge_flat_segmentation(space, probs))
+    np.testing.assert_array_equal(out, (argmax + 1)[:, None])
+    classnum = int(np.bincount(argmax.ravel()).argmax()) + 1
+    s, mask = seg.flat_class_score(space, probs, jnp.int32(classnum))
+    np.testing.assert_array_equal(np.asarray(s), probs["object"][..., classnum - 1])
+    np.testing.assert_array_equal(np.asarray(mask), out[:, 0] == classnum)
+    s, mask = seg.flat_class_score(space, probs, jnp.int32(0))
+    assert not np.asarray(mask).any() and not np.asarray(s).any()
+
+
+# ---------------------------------------------------------------------------
+# Connected components and the quad division, against a flood fill
+
+def flood_fill_components(labelmap):
+    """Brute-force 8-connected equal-valued components, numbered in raster order."""
+    h, w = labelmap.shape
+    ids = np.zeros((h, w), np.int32)
+    count = 0
+    for i in range(h):
+        for j in range(w):
+            if labelmap[i, j] == 0 or ids[i, j]:
+                continue
+            count += 1
+            ids[i, j] = count
+            queue = collections.deque([(i, j)])
+            while queue:
+                y, x = queue.popleft()
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        v, u = y + dy, x + dx
+                        if (0 <= v < h and 0 <= u < w and not ids[v, u]
+                                and labelmap[v, u] == labelmap[y, x]):
+                            ids[v, u] = count
+                            queue.append((v, u))
+    return ids, count
+
+
+def quad_reference(objects, step):
+    ids, count = flood_fill_components(objects)
+    top_bottom, left_right = np.zeros_like(objects), np.zeros_like(objects)
+    for c in range(1, count):  # the reference skips the last component
+        ys, xs = np.nonzero(ids == c)
+        vmid, hmid = (ys.min() + ys.max() + 1) // 2, (xs.min() + xs.max() + 1) // 2
+        top_bottom[ys, xs] = objects[ys, xs] + np.where(ys < vmid, step, 3 * step)
+        left_right[ys, xs] = objects[ys, xs] + np.where(xs < hmid, 2 * step, 4 * step)
+    return top_bottom, left_right
+
+
+def random_label_maps(rng, n, shape):
+    dense = rng.integers(0, 3, (n // 2, *shape))
+    sparse = (rng.random((n - n // 2, *shape)) < 0.35) * rng.integers(1, 3, (n - n // 2, *shape))
+    return np.concatenate([dense, sparse]).astype(np.int32)
+
+
+def serpentine(h, w):
+    """One long snake of 1s whose far end is ~h*w/2 steps from its first pixel."""
+    snake = np.zeros((h, w), np.int32)
+    snake[::2] = 1
+    for k, row in enumerate(range(1, h, 2)):
+        snake[row, w - 1 if k % 2 == 0 else 0] = 1
+    return snake
+
+
+def test_connected_components_match_flood_fill():
+    maps = list(random_label_maps(np.random.default_rng(0), 40, (12, 13)))
+    checker = (np.indices((12, 13)).sum(0) % 2).astype(np.int32)
+    maps += [checker, checker + 1]  # diagonal-only links; 1s and 2s interleaved
+    diagonal = np.zeros((12, 13), np.int32)
+    diagonal[np.arange(12), np.arange(12)] = 5
+    diagonal[np.arange(11), np.arange(1, 12)] = 6
+    maps.append(diagonal)
+    ids, counts = jax.jit(jax.vmap(seg.connected_components))(jnp.asarray(np.stack(maps)))
+    for m, got_ids, got_count in zip(maps, np.asarray(ids), np.asarray(counts)):
+        want_ids, want_count = flood_fill_components(m)
+        assert got_count == want_count
+        np.testing.assert_array_equal(got_ids, want_ids)
+    assert np.asarray(counts)[-3:].tolist() == [1, 2, 2]
+
+
+def test_connected_components_long_chain():
+    snake = serpentine(31, 17)
+    ids, count = jax.jit(seg.connected_components)(jnp.asarray(snake))
+    assert int(count) == 1
+    np.testing.assert_array_equal(np.asarray(ids), snake)
+
+
+def test_quad_channels_match_reference():
+    maps = random_label_maps(np.random.default_rng(1), 20, (12, 13)) * 7
+    tb, lr = jax.jit(jax.vmap(lambda m: seg.quad_channels(m, step=100)))(jnp.asarray(maps))
+    for m, got_tb, got_lr in zip(maps, np.asarray(tb), np.asarray(lr)):
+        want_tb, want_lr = quad_reference(m, 100)
+        np.testing.assert_array_equal(got_tb, want_tb)
+        np.testing.assert_array_equal(got_lr, want_lr)
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing and the multi-scale vote
+
+def test_upp_preprocess_is_bit_exact(labels_json, golden_upp):
+    segmenter = seg.Segmenter.create(upp_config(labels_json), labels_json)
+    x = jax.jit(segmenter.preprocess)(nhwc(golden_upp["images"]))
+    np.testing.assert_array_equal(np.asarray(x), nhwc(golden_upp["upp_input"]))
+
+
+def test_ade_preprocess_matches(golden_ade):
+    config = upernet.UPerNetConfig("ade20k", n_class=150)
+    segmenter = seg.Segmenter.create(config, [f"class_{i}" for i in range(150)])
+    x = np.asarray(jax.jit(segmenter.preprocess)(nhwc(golden_ade["images"])))
+    # XLA's float32 division is not always correctly rounded: allow one ulp.
+    np.testing.assert_array_max_ulp(x, nhwc(golden_ade["ade_input"]), maxulp=1)
+
+
+def area_average_loop(x, size):
+    """AdaptiveAvgPool2d by its definition: plain means over
+    rows floor(i*H/s)..ceil((i+1)*H/s)-1 and the same for columns; NHWC."""
+    n, h, w, c = x.shape
+    out = np.zeros((n, size, size, c))
+    for i in range(size):
+        for j in range(size):
+            r0, r1 = (i * h) // size, -((-(i + 1) * h) // size)
+            c0, c1 = (j * w) // size, -((-(j + 1) * w) // size)
+            out[:, i, j] = x[:, r0:r1, c0:c1].astype(np.float64).mean(axis=(1, 2))
+    return out
+
+
+def test_multiscale_vote_sums_area_averaged_scales(monkeypatch):
+    """With a stand-in network that returns its input (zero-padded or cropped
+    to seg_size), the vote is the sum of the pooled inputs over scales."""
+    def fake_infer(config, params, x, seg_size):
+        h, w = seg_size
+        pad = max(0, h - x.shape[1]), max(0, w - x.shape[2])
+        x = jnp.pad(x, ((0, 0), (0, pad[0]), (0, pad[1]), (0, 0)))
+        return {"object": x[:, :h, :w] * params}
+
+    monkeypatch.setattr(upernet, "infer", fake_infer)
+    config = upernet.UPerNetConfig("ade20k", n_class=3)
+    segsizes = (5, 4, 10, 3)
+    segmenter = seg.Segmenter.create(config, ["a", "b", "c"], segsizes=segsizes)
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 10, 10, 3)).astype(np.float32)
+    got = jax.jit(segmenter.probabilities, static_argnums=2)(2.0, images, 2)["object"]
+    x = np.asarray(segmenter.preprocess(images))
+    want = np.zeros((2, 5, 5, 3))
+    for s in segsizes:
+        pooled = x if s == 10 else area_average_loop(x, s)
+        want[:, :min(s, 5), :min(s, 5)] += 2.0 * pooled[:, :5, :5]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-6)
+
+
+def smooth_stand_in_network(config, params, x, seg_size):
+    """A differentiable stand-in for upernet.infer: per-pixel softmax of a
+    linear map of the pooled input, one per head."""
+    x = resample.adaptive_avg_pool(x, seg_size)
+    head = lambda w: jax.nn.softmax(jnp.einsum("nhwc,ck->nhwk", x, w), axis=-1)
+    return {"object": head(params["object"]), "material": head(params["material"]),
+            "part": tuple(head(w) for w in params["part"])}
+
+
+def test_class_score_gradient_matches_finite_differences(monkeypatch, labels_json):
+    monkeypatch.setattr(upernet, "infer", smooth_stand_in_network)
+    segmenter = seg.Segmenter.create(upp_config(labels_json), labels_json, segsizes=(16, 12))
+    rng = np.random.default_rng(3)
+    weights = lambda n: (0.02 * rng.standard_normal((3, n))).astype(np.float32)
+    params = {"object": weights(336), "material": weights(26),
+              "part": tuple(weights(n) for n in segmenter.label_space.decoder_part_sizes)}
+    images = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    direction = rng.standard_normal(images.shape).astype(np.float32)
+
+    def mean_score(images, classnum):
+        return segmenter.class_score(params, images, classnum, downsample=2)[0].mean()
+
+    gradient, value = jax.jit(jax.grad(mean_score)), jax.jit(mean_score)
+    eps = 3e-3
+    for classnum in (137, 350, 366, 11):  # object + building part, material, pure part, sky
+        c = jnp.int32(classnum)
+        analytic = float(np.sum(np.asarray(gradient(images, c)) * direction))
+        numeric = (float(value(images + eps * direction, c))
+                   - float(value(images - eps * direction, c))) / (2 * eps)
+        assert analytic == pytest.approx(numeric, rel=1e-2), classnum
+
+
+# ---------------------------------------------------------------------------
+# End to end on the seeded upp weights
+
+def test_segment_end_to_end_on_seeded_weights(fixtures, labels_json, golden_upp):
+    """The wrapper's own run: segsizes [128] on 128x128 images, downsample 2.
+    Pixels whose argmax gap is < 1e-4 may flip (README section 9)."""
+    encoder_sd, decoder_sd = seeded_state_dicts(fixtures, "upp")
+    space = upp_label_space(labels_json, "undivided")
+    config = upernet.config_from_state_dicts("upp", encoder_sd, decoder_sd,
+                                             space.decoder_part_sizes)
+    params = upernet.params_from_state_dicts(config, encoder_sd, decoder_sd)
+    segmenter = seg.Segmenter.create(config, labels_json, "undivided", segsizes=(128,))
+    images = nhwc(golden_upp["images"])
+
+    out = np.asarray(segmenter.segment(params, images, downsample=2))
+    stable = ~golden_upp["seg_fragile_gap_lt_1e-4"][:, None]
+    assert out.shape == golden_upp["seg_undivided"].shape
+    np.testing.assert_array_equal(np.where(stable, out, 0),
+                                  np.where(stable, golden_upp["seg_undivided"], 0))
+
+    score, mask = segmenter.class_score(params, images, jnp.int32(137), downsample=2)
+    np.testing.assert_allclose(np.asarray(score), golden_upp["psc_door_score"], rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(np.asarray(mask) & stable[:, 0],
+                                  golden_upp["psc_door_mask"] & stable[:, 0])
