@@ -131,6 +131,10 @@ def test_untyped_storage_is_bytes(tmp_path):
     got = load_state_dict(write(tmp_path, pw.zip_bytes(obj)))["w"]
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, [[2, 3, 4], [5, 6, 7]])
+    # A storage saved on its own (not inside a tensor) comes back as its flat data.
+    pid = ("storage", pw.Global("torch", "UntypedStorage"), "0", "cpu", 8)
+    data = pw.zip_bytes({"w": obj["w"], "bare": pw.PersistentId(pid)})
+    np.testing.assert_array_equal(load(write(tmp_path, data, "bare.pth"))["bare"], raw)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -257,6 +261,11 @@ def test_view_outside_its_storage(tmp_path, fmt):
     with pytest.raises(UserError) as e:
         load_state_dict(path)
     assert_one_line_error(e, path, "outside its storage")
+    for layout in [(-1, (3,), (1,)), (0, (-3,), (1,)), (9, (3,), (-1,)), (0, (3, 1), (1,))]:
+        path = write(tmp_path, FORMATS[fmt]({"w": pw.Tensor(storage, *layout)}), "layout.pth")
+        with pytest.raises(UserError) as e:
+            load_state_dict(path)
+        assert_one_line_error(e, path, "bad tensor layout")
 
 
 def test_state_dict_must_hold_only_tensors(tmp_path):

@@ -17,6 +17,7 @@ a checkpoint can never run code; any other global is refused.
 """
 import collections
 import io
+import mmap
 import os
 import pickle
 import struct
@@ -49,9 +50,8 @@ STORAGE_DTYPES = {
 class _StorageType:
     """Stand-in for a torch storage class such as `torch.FloatStorage`."""
 
-    def __init__(self, name):
-        self.name = name
-        self.dtype = np.dtype(STORAGE_DTYPES[name])
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
 
 
 class _Storage:
@@ -80,10 +80,10 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     """Stand-in for torch._utils._rebuild_tensor and _rebuild_tensor_v2."""
     if not isinstance(storage, (_Storage, _StorageView)):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
-    if len(size) != len(stride):
-        raise pickle.UnpicklingError(f"tensor has size {tuple(size)} but stride {tuple(stride)}")
-    return _Tensor(storage, int(storage_offset), tuple(int(s) for s in size),
-                   tuple(int(s) for s in stride))
+    offset, size, stride = int(storage_offset), tuple(map(int, size)), tuple(map(int, stride))
+    if len(size) != len(stride) or min((offset, *size, *stride)) < 0:
+        raise pickle.UnpicklingError(f"bad tensor layout: offset {offset}, size {size}, stride {stride}")
+    return _Tensor(storage, offset, size, stride)
 
 
 def _rebuild_parameter(data, *unused):
@@ -97,8 +97,8 @@ def _allowed_globals():
         names[("torch._utils", function)] = _rebuild_tensor
     for function in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
         names[("torch._utils", function)] = _rebuild_parameter
-    for storage in STORAGE_DTYPES:
-        names[("torch", storage)] = _StorageType(storage)
+    for storage, dtype in STORAGE_DTYPES.items():
+        names[("torch", storage)] = _StorageType(dtype)
     names[("torch.storage", "UntypedStorage")] = names[("torch", "UntypedStorage")]
     return names
 
@@ -131,6 +131,8 @@ class _Unpickler(pickle.Unpickler):
                 and isinstance(pid[1], _StorageType)):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
         storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
+        if numel < 0:
+            raise pickle.UnpicklingError(f"storage {key} has {numel} elements")
         view = pid[5] if len(pid) == 6 else None
         storage = self.storages.get(key)
         if storage is None:
@@ -244,7 +246,7 @@ def _to_array(tensor, path):
     if 0 in tensor.shape:
         return np.zeros(tensor.shape, flat.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride))
-    if offset < 0 or min(tensor.stride, default=0) < 0 or last >= flat.size:
+    if last >= flat.size:
         raise UserError(f"{path}: a tensor of shape {list(tensor.shape)} at offset {offset} "
                         f"lies outside its storage {storage.key} of {flat.size} elements")
     item = flat.itemsize
@@ -254,9 +256,11 @@ def _to_array(tensor, path):
 
 
 def _materialize(obj, path):
-    """Replaces every tensor stand-in in dicts, lists and tuples by a numpy array."""
+    """Replaces every tensor (or bare storage) in dicts, lists and tuples by a numpy array."""
     if isinstance(obj, _Tensor):
         return _to_array(obj, path)
+    if isinstance(obj, _Storage):
+        return obj.data.copy()
     if isinstance(obj, dict):
         return {key: _materialize(value, path) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -278,13 +282,15 @@ def load(path):
     with open(path, "rb") as file:
         head = file.read(4)
         is_zip = zipfile.is_zipfile(file)
-        file.seek(0)
         if is_zip:
             obj = _read_zip(path)
         elif head == b"PK\x03\x04":
             raise UserError(f"{path}: truncated or corrupt zip archive")
         else:
-            obj = _read_legacy(path, file)
+            # Reads from a memory map never allocate more than the file holds,
+            # whatever lengths a corrupt pickle claims.
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                obj = _read_legacy(path, mapped)
     return _materialize(obj, path)
 
 
