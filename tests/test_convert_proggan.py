@@ -148,6 +148,10 @@ def test_existing_destination_is_kept(shared_dir, tmp_path):
         convert(os.path.join(small_dir(shared_dir), "small_wrapped.pth"), str(dst))
     assert "already exists" in str(e.value)
     assert os.listdir(tmp_path) == ["generator"] and os.listdir(dst) == ["precious.txt"]
+    with pytest.raises(UserError) as e:  # a destination inside a file cannot be created
+        convert(os.path.join(small_dir(shared_dir), "small_wrapped.pth"), str(dst / "precious.txt" / "g"))
+    assert "cannot write the model folder" in str(e.value) and "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == ["generator"] and os.listdir(dst) == ["precious.txt"]
 
 
 def test_command_line(shared_dir, tmp_path):

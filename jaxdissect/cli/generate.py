@@ -94,6 +94,8 @@ def save_pngs(folder, images):
 @register("generate", "Generate images (and layer featuremaps) for latents from a .npy file.")
 def run():
     require("generator", "z", "out")
+    if os.path.isdir(FLAGS.out):
+        raise UserError(f"--out={FLAGS.out}: is a folder; give the .npz file to write")
     if FLAGS.batch_size < 1:
         raise UserError(f"--batch_size={FLAGS.batch_size}: must be at least 1")
     model, params = load_generator(FLAGS.generator)

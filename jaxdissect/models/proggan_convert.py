@@ -87,5 +87,8 @@ def convert(src, dst):
         raise UserError(f"{src}: {e.args[0]}") from None
     model = ProGAN(tuple(sizes))
     meta = model.meta({"file": os.path.basename(src), "sha256": file_sha256(src)})
-    save_model(dst, params, meta)
+    try:
+        save_model(dst, params, meta)
+    except OSError as e:
+        raise UserError(f"{dst}: cannot write the model folder ({e})") from None
     return meta
