@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdissect.cli.segment import read_images, segment_images
 from jaxdissect.errors import UserError
 from jaxdissect.segmentation import segmenter as seg
 from jaxdissect.segmentation import resample, upernet
@@ -313,11 +314,10 @@ def test_multiscale_vote_sums_area_averaged_scales(monkeypatch):
 
 def smooth_stand_in_network(config, params, x, seg_size):
     """A differentiable stand-in for upernet.infer: per-pixel softmax of a
-    linear map of the pooled input, one per head."""
+    linear map of the pooled input; `params` holds one (3, n) matrix per head."""
     x = resample.adaptive_avg_pool(x, seg_size)
     head = lambda w: jax.nn.softmax(jnp.einsum("nhwc,ck->nhwk", x, w), axis=-1)
-    return {"object": head(params["object"]), "material": head(params["material"]),
-            "part": tuple(head(w) for w in params["part"])}
+    return jax.tree.map(head, params)
 
 
 def test_class_score_gradient_matches_finite_differences(monkeypatch, labels_json):
@@ -367,3 +367,38 @@ def test_segment_end_to_end_on_seeded_weights(fixtures, labels_json, golden_upp)
     np.testing.assert_allclose(np.asarray(score), golden_upp["psc_door_score"], rtol=0, atol=2e-5)
     np.testing.assert_array_equal(np.asarray(mask) & stable[:, 0],
                                   golden_upp["psc_door_mask"] & stable[:, 0])
+
+
+# ---------------------------------------------------------------------------
+# --mode=segment
+
+def test_read_images(tmp_path):
+    images = np.random.default_rng(4).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "good.npy", images)
+    np.testing.assert_array_equal(read_images(str(tmp_path / "good.npy")), images)
+    np.save(tmp_path / "nhwc.npy", np.transpose(images, (0, 2, 3, 1)))
+    np.save(tmp_path / "f64.npy", images.astype(np.float64))
+    np.save(tmp_path / "pixels.npy", (images + 1) * 127.5)
+    np.save(tmp_path / "nan.npy", np.where(images > 0.9, np.nan, images))
+    np.savez(tmp_path / "several.npz", a=images)
+    (tmp_path / "text.npy").write_text("not numpy")
+    cases = {"nhwc.npy": "shape (2, 8, 8, 3), expected (N, 3, H, W)", "f64.npy": "dtype float64",
+             "pixels.npy": "expected [-1, 1]", "nan.npy": "values span [nan",
+             "several.npz": "several arrays", "text.npy": "not a .npy"}
+    for name, fragment in cases.items():
+        with pytest.raises(UserError) as e:
+            read_images(str(tmp_path / name))
+        assert fragment in str(e.value) and name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_segment_images_batches_with_padding(monkeypatch):
+    monkeypatch.setattr(upernet, "infer", smooth_stand_in_network)
+    config = upernet.UPerNetConfig("ade20k", n_class=4)
+    segmenter = seg.Segmenter.create(config, ["wall", "sky", "tree", "door"])
+    params = {"object": np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)}
+    images = np.random.default_rng(6).uniform(-1, 1, (5, 3, 12, 12)).astype(np.float32)
+    out = segment_images(segmenter, params, images, batch_size=2, downsample=3)
+    direct = segmenter.segment(params, np.transpose(images, (0, 2, 3, 1)), downsample=3)
+    assert out.shape == (5, 1, 4, 4) and out.dtype == np.int32
+    np.testing.assert_array_equal(out, np.asarray(direct))
+    assert len(np.unique(out)) > 1 and out.min() >= 1

@@ -2,3 +2,4 @@
 # One import per mode module, e.g.:
 # from jaxdissect.cli import generate  # noqa: F401
 from jaxdissect.cli import generate  # noqa: F401
+from jaxdissect.cli import segment  # noqa: F401
