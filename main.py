@@ -4,7 +4,7 @@
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxdissect import cli
 from jaxdissect.cli import all_modes  # noqa: F401  (registers the modes and their flags)
@@ -19,6 +19,8 @@ def mode_list():
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every step at INFO; --verbosity=0 shows it
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.mode not in cli.MODES:

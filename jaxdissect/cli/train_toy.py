@@ -1,0 +1,50 @@
+"""Modes that train the toy world's models (resumable: rerun the same command to continue)."""
+import dataclasses
+import os
+
+from absl import flags
+
+from jaxdissect.checkpoint import save_model
+from jaxdissect.cli import register
+
+flags.DEFINE_string("workdir", None, "Training folder: checkpoints, metrics.jsonl and the exported model folders.")
+flags.DEFINE_integer("train_steps", 20000, "Total optimiser steps of a training run (a resumed run continues to this).")
+flags.DEFINE_integer("train_batch_size", 32, "Images per training step.")
+flags.DEFINE_list("gan_sizes", ["128", "128", "128", "32", "16", "8"],
+                  "ProGAN channel table of the toy generator: latent size, then channels at 4x4, 8x8, ...")
+flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate.")
+flags.DEFINE_float("r1_gamma", 0.2, "Weight of the R1 gradient penalty on real images (GAN training).")
+flags.DEFINE_integer("train_seed", 0, "Seed of the initial weights and of the training data stream.")
+
+FLAGS = flags.FLAGS
+
+
+@register("train_gan", "Train the toy world's ProGAN generator and discriminator (resumable).")
+def run_train_gan():
+    from jaxdissect.cli.common import require
+    from jaxdissect.toyworld import world
+    from jaxdissect.training import gan
+
+    require("workdir")
+    config = gan.GANConfig(sizes=tuple(int(s) for s in FLAGS.gan_sizes), batch_size=FLAGS.train_batch_size,
+                           steps=FLAGS.train_steps, learning_rate=FLAGS.learning_rate,
+                           r1_gamma=FLAGS.r1_gamma, seed=FLAGS.train_seed)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    state = gan.train(config, FLAGS.workdir, lambda key, n: world.render(key, n, config.generator.resolution)[0])
+    export_gan(config, state, FLAGS.workdir)
+
+
+def export_gan(config, state, workdir):
+    """Writes WORKDIR/generator (the EMA weights) and WORKDIR/discriminator as model folders."""
+    source = {"trained_on": "jaxdissect toy world", "steps": int(state["step"]),
+              "config": dataclasses.asdict(config)}
+    targets = {"generator": (state["g_ema"], config.generator.meta(source)),
+               "discriminator": (state["d"], {"kind": "proggan_discriminator",
+                                              "widths": list(config.sizes[1:]), "source": source})}
+    for name, (params, meta) in targets.items():
+        dst = os.path.join(workdir, name)
+        if os.path.exists(dst):
+            print(f"{dst} exists; not exported again")
+            continue
+        save_model(dst, params, meta)
+        print(f"exported {dst}")

@@ -1,0 +1,1 @@
+"""Training of the toy world's generator and segmenter (resumable, logged)."""
