@@ -127,15 +127,17 @@ def _sample_buildings(draws, horizon, resolution, scale):
     centre = (draws.uniform((n,)) * 0.4 + jnp.array([0.15, 0.45])) * resolution
     x0 = jnp.clip(jnp.round(centre - width / 2), 1, resolution - 1 - width)
     base = draws.integer((n,), jnp.round(horizon + 4 * scale), resolution - 1)
-    height = jnp.minimum(jnp.round(draws.integer((n,), 14, 26) * scale), base - jnp.round(6 * scale))
+    height = jnp.minimum(jnp.round(draws.integer((n,), 15, 28) * scale), base - jnp.round(6 * scale))
     top = base - height
     is_dome = draws.bernoulli(0.35, (n,))
     roof_height = jnp.minimum(jnp.round(draws.uniform((n,), 5.0, 11.0) * scale), top - 1)
-    door_width = jnp.round(draws.integer((n,), 4, 7) * scale)
-    door_height = jnp.minimum(jnp.round(draws.integer((n,), 7, 11) * scale), height - jnp.round(4 * scale))
+    window_h = jnp.round(draws.integer((n,), 3, 5) * scale)
     margin = jnp.round(2 * scale)
+    door_width = jnp.round(draws.integer((n,), 4, 7) * scale)
+    # Leave room above the door for one row of windows between margins.
+    door_height = jnp.minimum(jnp.round(draws.integer((n,), 7, 11) * scale), height - 2 * margin - window_h)
     door_x0 = x0 + margin + jnp.floor(draws.uniform((n,)) * (width - 2 * margin - door_width + 1))
-    window = _window_grid(draws, x0, width, top, base - door_height, scale)
+    window = _window_grid(draws, x0, width, top, base - door_height, window_h, margin, scale)
     return {
         "present": jnp.arange(n) < count,
         "x0": x0, "x1": x0 + width, "top": top, "base": base,
@@ -153,14 +155,12 @@ def _sample_buildings(draws, horizon, resolution, scale):
     }
 
 
-def _window_grid(draws, x0, width, top, door_top, scale):
-    """A centred grid of equal windows in the wall rows above the door."""
+def _window_grid(draws, x0, width, top, door_top, window_h, margin, scale):
+    """A centred grid of equal windows in the wall rows above the door, `margin` from its edges."""
     n = x0.shape[0]
     window_w = jnp.round(draws.integer((n,), 3, 5) * scale)
-    window_h = jnp.round(draws.integer((n,), 3, 5) * scale)
     gap_x = jnp.round(draws.integer((n,), 2, 4) * scale)
     gap_y = jnp.round(draws.integer((n,), 2, 3) * scale)
-    margin = jnp.round(2 * scale)
     rows_space = door_top - margin - (top + margin)
     cols_space = width - 2 * margin
     rows = jnp.clip(jnp.floor((rows_space + gap_y) / (window_h + gap_y)), 0, MAX_WINDOW_ROWS)
