@@ -1,9 +1,13 @@
-"""Rebuilds the seeded UPerNet state dicts of fixtures/upernet from their keys files.
+"""UPerNet state dicts for tests, as numpy arrays keyed like the PyTorch files.
 
-Follows fixtures/upernet/README.md section 2: one numpy Generator, consumed
-over every encoder entry and then every decoder entry in the listed order,
-each rule drawing float64 and casting to float32. Every array is checked
-against the sha256 recorded in the keys file.
+`seeded_state_dicts` rebuilds the seeded weights of fixtures/upernet from
+their keys files, following its README section 2: one numpy Generator,
+consumed over every encoder entry and then every decoder entry in the listed
+order, each rule drawing float64 and casting to float32. Every array is
+checked against the sha256 recorded in the keys file.
+
+`random_state_dicts` makes small random ones for any config (the keys come
+from `upernet.torch_layout`, so they test conversion mechanics, not naming).
 """
 import hashlib
 import json
@@ -11,6 +15,8 @@ import math
 import os
 
 import numpy as np
+
+from jaxdissect.segmentation import upernet
 
 # Each rule: (rng, shape, fan_in) -> array (float64 or final dtype).
 RULES = {
@@ -60,3 +66,22 @@ def seeded_state_dicts(fixtures_dir, variant):
                 raise AssertionError(f"{variant}: regenerated {key!r} does not match its sha256")
         state_dicts.append(sd)
     return tuple(state_dicts)
+
+
+def random_state_dicts(config, seed=0, sync_bn_buffers=False):
+    """Encoder and decoder state dicts with the keys and shapes of `config`."""
+    rng = np.random.default_rng(seed)
+    state_dicts = {"encoder": {}, "decoder": {}}
+    for part, key, shape in upernet.torch_layout(config).values():
+        value = rng.standard_normal(shape).astype(np.float32) * 0.3
+        if key.endswith("running_var"):
+            value = np.abs(value) + 0.5
+        state_dicts[part][key] = value
+        if key.endswith("running_var"):
+            prefix = key[:-len("running_var")]
+            state_dicts[part][prefix + "num_batches_tracked"] = np.zeros((), np.int64)
+            if sync_bn_buffers:
+                state_dicts[part][prefix + "_tmp_running_mean"] = np.zeros(shape, np.float32)
+                state_dicts[part][prefix + "_tmp_running_var"] = np.ones(shape, np.float32)
+                state_dicts[part][prefix + "_running_iter"] = np.ones((1,), np.float32)
+    return state_dicts["encoder"], state_dicts["decoder"]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from jaxdissect.segmentation import resample, upernet
-from seeded_upernet import seeded_state_dicts
+from seeded_upernet import random_state_dicts, seeded_state_dicts
 
 NOISE_FACTOR = 4.0
 UPP_OWNERS = ("sky", "building", "person", "car", "table")
@@ -322,25 +322,6 @@ SMALL_UPP = upernet.UPerNetConfig("upp", depths=(1, 2, 1, 1), stem_width=8, base
 SMALL_ADE = upernet.UPerNetConfig("ade20k", depths=(1, 1, 1, 1), stem_width=8, base_width=4,
                                   fpn_dim=8, n_class=6)
 SMALL_INPUT = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 48, 3))
-
-
-def random_state_dicts(config, seed=0, sync_bn_buffers=False):
-    """Encoder and decoder state dicts with the keys and shapes of `config`."""
-    rng = np.random.default_rng(seed)
-    state_dicts = {"encoder": {}, "decoder": {}}
-    for part, key, shape in upernet.torch_layout(config).values():
-        value = rng.standard_normal(shape).astype(np.float32) * 0.3
-        if key.endswith("running_var"):
-            value = np.abs(value) + 0.5
-        state_dicts[part][key] = value
-        if key.endswith("running_var"):
-            prefix = key[:-len("running_var")]
-            state_dicts[part][prefix + "num_batches_tracked"] = np.zeros((), np.int64)
-            if sync_bn_buffers:
-                state_dicts[part][prefix + "_tmp_running_mean"] = np.zeros(shape, np.float32)
-                state_dicts[part][prefix + "_tmp_running_var"] = np.ones(shape, np.float32)
-                state_dicts[part][prefix + "_running_iter"] = np.ones((1,), np.float32)
-    return state_dicts["encoder"], state_dicts["decoder"]
 
 
 @pytest.mark.parametrize("config", [SMALL_UPP, SMALL_ADE])

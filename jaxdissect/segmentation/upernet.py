@@ -340,37 +340,52 @@ def _is_ignored(key):
     return key.rsplit(".", 1)[-1] in IGNORED_SUFFIXES
 
 
-def params_from_state_dicts(config, encoder_sd, decoder_sd):
+def params_from_state_dicts(config, encoder_sd, decoder_sd, source_names=None):
     """Flax variables from the encoder and decoder state dicts (numpy arrays).
 
     Raises KeyError on a missing or unexpected key and ValueError on a wrong
-    shape, naming the file part, the key and both shapes.
+    shape, naming the state dict (`source_names["encoder"]`, default
+    "encoder"; the same for the decoder), the key and both shapes.
     """
     state_dicts = {"encoder": encoder_sd, "decoder": decoder_sd}
+    names = _source_names(source_names)
     layout = torch_layout(config)
     for part, sd in state_dicts.items():
         expected = {key for p, key, _ in layout.values() if p == part}
         unexpected = sorted(k for k in sd if k not in expected and not _is_ignored(k))
         if unexpected:
-            raise KeyError(f"{part}: unexpected key {unexpected[0]!r}"
+            raise KeyError(f"{names[part]}: unexpected key {unexpected[0]!r}"
                            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
     flat = {}
     for path, (part, key, shape) in layout.items():
         if key not in state_dicts[part]:
-            raise KeyError(f"{part}: missing key {key!r}")
-        value = np.asarray(state_dicts[part][key], np.float32)
+            raise KeyError(f"{names[part]}: missing key {key!r}")
+        value = np.asarray(state_dicts[part][key])
         if value.shape != shape:
-            raise ValueError(f"{part}: key {key!r} has shape {value.shape}, expected {shape}")
+            raise ValueError(f"{names[part]}: key {key!r} has shape {value.shape}, expected {shape}")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ValueError(f"{names[part]}: key {key!r} holds {value.dtype} values, "
+                             "expected a floating-point tensor")
+        value = value.astype(np.float32)
         if path[-1] == "kernel":
             value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))
         flat[path] = value
     return traverse_util.unflatten_dict(flat)
 
 
-def _shape_of(sd, key, part):
+def _source_names(source_names):
+    return {"encoder": "encoder", "decoder": "decoder", **(source_names or {})}
+
+
+def _out_channels(sd, key, source_name):
+    """Output channels of the conv weight `key` (O of OIHW)."""
     if key not in sd:
-        raise KeyError(f"{part}: missing key {key!r}")
-    return tuple(np.shape(sd[key]))
+        raise KeyError(f"{source_name}: missing key {key!r}")
+    shape = tuple(np.shape(sd[key]))
+    if len(shape) != 4:
+        raise ValueError(f"{source_name}: key {key!r} has shape {shape}, expected a conv "
+                         "weight (out, in, kh, kw)")
+    return shape[0]
 
 
 def _count_indices(sd, key_format):
@@ -382,40 +397,44 @@ def _count_indices(sd, key_format):
 
 
 def config_from_state_dicts(variant, encoder_sd, decoder_sd, part_sizes=(),
-                            ppm_scales=(1, 2, 3, 6), dtype=jnp.float32):
+                            ppm_scales=(1, 2, 3, 6), dtype=jnp.float32, source_names=None):
     """The UPerNetConfig whose shapes match the state dicts.
 
     Depths, widths and class counts come from the weights. What the weights
     cannot tell is passed in: the pooling scales (only their number is
     checked) and, for upp, the per-owner part sizes (from labels.json; their
-    sum is checked against the part head).
+    sum is checked against the part head). Errors as `params_from_state_dicts`.
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    names = _source_names(source_names)
+    encoder, decoder = names["encoder"], names["decoder"]
     depths = []
     while _count_indices(encoder_sd, f"layer{len(depths) + 1}.{{}}.conv1.weight"):
         depths.append(_count_indices(encoder_sd, f"layer{len(depths) + 1}.{{}}.conv1.weight"))
     if not depths:
-        raise KeyError("encoder: missing key 'layer1.0.conv1.weight'")
+        raise KeyError(f"{encoder}: missing key 'layer1.0.conv1.weight'")
     n_branches = _count_indices(decoder_sd, "ppm_conv.{}.0.weight")
     if n_branches != len(ppm_scales):
-        raise ValueError(f"decoder: {n_branches} pyramid pooling branches (ppm_conv.*), "
+        raise ValueError(f"{decoder}: {n_branches} pyramid pooling branches (ppm_conv.*), "
                          f"expected {len(ppm_scales)} for scales {tuple(ppm_scales)}")
     fields = dict(
         variant=variant, depths=tuple(depths), ppm_scales=tuple(ppm_scales), dtype=dtype,
-        stem_width=_shape_of(encoder_sd, "conv1.weight", "encoder")[0],
-        base_width=_shape_of(encoder_sd, "layer1.0.conv1.weight", "encoder")[0],
-        fpn_dim=_shape_of(decoder_sd, "ppm_last_conv.0.weight", "decoder")[0])
+        stem_width=_out_channels(encoder_sd, "conv1.weight", encoder),
+        base_width=_out_channels(encoder_sd, "layer1.0.conv1.weight", encoder),
+        fpn_dim=_out_channels(decoder_sd, "ppm_last_conv.0.weight", decoder))
     if variant == "ade20k":
-        return UPerNetConfig(n_class=_shape_of(decoder_sd, "conv_last.1.weight", "decoder")[0],
+        return UPerNetConfig(n_class=_out_channels(decoder_sd, "conv_last.1.weight", decoder),
                              **fields)
-    n_parts = _shape_of(decoder_sd, "part_head.1.weight", "decoder")[0]
+    n_parts = _out_channels(decoder_sd, "part_head.1.weight", decoder)
     if sum(part_sizes) != n_parts:
-        raise ValueError(f"decoder: part_head.1.weight has {n_parts} output channels, "
+        raise ValueError(f"{decoder}: part_head.1.weight has {n_parts} output channels, "
                          f"but the owners' part lists have {sum(part_sizes)} entries "
                          f"{tuple(part_sizes)}")
     return UPerNetConfig(
-        n_object=_shape_of(decoder_sd, "object_head.1.weight", "decoder")[0],
-        n_material=_shape_of(decoder_sd, "material_head.1.weight", "decoder")[0],
-        n_scene=_shape_of(decoder_sd, "scene_head.2.weight", "decoder")[0],
+        n_object=_out_channels(decoder_sd, "object_head.1.weight", decoder),
+        n_material=_out_channels(decoder_sd, "material_head.1.weight", decoder),
+        n_scene=_out_channels(decoder_sd, "scene_head.2.weight", decoder),
         part_sizes=tuple(part_sizes), **fields)
 
 
