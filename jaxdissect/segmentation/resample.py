@@ -79,8 +79,9 @@ def apply_separable(x, row_matrix, col_matrix, precision=None):
     return jnp.einsum("jw,niwc->nijc", cols, x, precision=precision)
 
 
-def _precision_for(x):
-    return jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+def precision_for(dtype):
+    """Full float32 accuracy on accelerators (CPUs always have it); bfloat16 runs natively."""
+    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
 
 
 def resize_bilinear(x, size):
@@ -91,18 +92,18 @@ def resize_bilinear(x, size):
     if (h_in, w_in) == (1, 1):
         return jnp.broadcast_to(x, (x.shape[0], h_out, w_out, x.shape[3]))
     return apply_separable(x, bilinear_matrix(h_in, h_out), bilinear_matrix(w_in, w_out),
-                           _precision_for(x))
+                           precision_for(x.dtype))
 
 
 def adaptive_avg_pool(x, size):
     """AdaptiveAvgPool2d(size) of NHWC `x` (area averaging for integer ratios)."""
     (h_in, w_in), (h_out, w_out) = x.shape[1:3], size
     return apply_separable(x, adaptive_avg_matrix(h_in, h_out),
-                           adaptive_avg_matrix(w_in, w_out), _precision_for(x))
+                           adaptive_avg_matrix(w_in, w_out), precision_for(x.dtype))
 
 
 def prroi_pool_whole_map(x, size):
     """PrRoIPool2D(size, size, 1.0) of NHWC `x` with the ROI (0, 0, W, H)."""
     (h_in, w_in), (h_out, w_out) = x.shape[1:3], size
     return apply_separable(x, prroi_whole_map_matrix(h_in, h_out),
-                           prroi_whole_map_matrix(w_in, w_out), _precision_for(x))
+                           prroi_whole_map_matrix(w_in, w_out), precision_for(x.dtype))

@@ -12,16 +12,12 @@ batch statistics, in which case the `batch_stats` collection must be mutable.
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from jaxdissect.segmentation.resample import precision_for
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # Flax convention: keeps 0.9 of the old average (PyTorch momentum 0.1)
-
-
-def precision_for(dtype):
-    """Full float32 accuracy on accelerators; bfloat16 runs at native precision."""
-    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
 
 
 def conv(features, kernel_size, stride=1, use_bias=False, dtype=jnp.float32, name=None):

@@ -31,7 +31,7 @@ from flax import traverse_util
 from jaxdissect.checkpoint import load_model
 from jaxdissect.errors import UserError
 from jaxdissect.segmentation.resample import adaptive_avg_pool, prroi_pool_whole_map, resize_bilinear
-from jaxdissect.segmentation.resnet import ConvBN, ResNetEncoder
+from jaxdissect.segmentation.resnet import ConvBN, ResNetEncoder, conv
 
 VARIANTS = ("upp", "ade20k")
 
@@ -71,11 +71,6 @@ class UPerNetConfig:
         for name, value in counts.items():
             if value < 1:
                 raise ValueError(f"UPerNetConfig({self.variant}) needs a positive {name}")
-
-    @property
-    def fc_dim(self):
-        """Channels of the last encoder stage (2048 for ResNet-50)."""
-        return 4 * self.base_width * 2 ** (len(self.depths) - 1)
 
     def to_json(self):
         """The architecture as a JSON-able dict (the compute dtype is a runtime choice)."""
@@ -128,8 +123,8 @@ class ClassifierHead(nn.Module):
     def __call__(self, x, train=False):
         hidden = ConvBN(self.hidden, 3, dtype=self.dtype, name="0")(x, train)
         x = jnp.mean(hidden, axis=(1, 2), keepdims=True) if self.global_pool else hidden
-        classifier = nn.Conv(self.n_classes, (1, 1), dtype=self.dtype,
-                             name="2" if self.global_pool else "1")
+        classifier = conv(self.n_classes, 1, use_bias=True, dtype=self.dtype,
+                          name="2" if self.global_pool else "1")
         return hidden, classifier(x)
 
 
@@ -252,7 +247,11 @@ def logits(config, variables, x):
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def train_logits(config, variables, x):
-    """Logits with BN on batch statistics; returns (logits, updated batch_stats)."""
+    """Logits with BN on batch statistics; returns (logits, updated batch_stats).
+
+    The running averages follow Flax's rule: new = 0.9 * old + 0.1 * batch
+    statistic (PyTorch's momentum 0.1), with the biased batch variance.
+    """
     out, updates = UPerNet(config).apply(variables, x, train=True, mutable=["batch_stats"])
     return out, updates["batch_stats"]
 
@@ -279,8 +278,9 @@ def log_softmax_outputs(config, raw):
 def probabilities(config, raw, seg_size):
     """The inference branch: logit maps resized (bilinear) to seg_size, then softmax.
 
-    Parts are resized with all owners together and softmaxed per owner slice;
-    the scene is a plain softmax.
+    Each owner's part logits are resized and softmaxed on their own (upstream
+    resizes all part channels at once, the same numbers: resizing is per
+    channel); the scene is a plain softmax.
     """
     seg_size = tuple(seg_size)
     maps = {k: v for k, v in raw.items() if k != "scene"}
@@ -292,6 +292,7 @@ def probabilities(config, raw, seg_size):
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def train_outputs(config, variables, x):
+    """Upstream's training branch (use_softmax=False): see `log_softmax_outputs`."""
     return log_softmax_outputs(config, logits(config, variables, x))
 
 
