@@ -5,14 +5,19 @@ References: the upp wrapper's own outputs on seeded weights
 golden_ade20k.npz), and brute-force numpy (flood fill, pooling loops).
 """
 import collections
+import dataclasses
+import functools
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdissect.checkpoint import save_model
 from jaxdissect.cli.segment import read_images, segment_images
 from jaxdissect.errors import UserError
 from jaxdissect.segmentation import segmenter as seg
@@ -21,6 +26,7 @@ from jaxdissect.segmentation.labels import (PART_OWNERS, SEGDIVS, flat_label_spa
                                             flat_label_space_from_meta, upp_label_space)
 from seeded_upernet import seeded_state_dicts
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # predict_single_class goldens: tag -> class number (undivided numbering).
 PSC_CLASSES = {"door": 137, "tree": 131, "sky": 11, "window": 163,
                "material_painted": 350, "part_roof": 366}
@@ -57,13 +63,17 @@ def nhwc(a):
     return np.transpose(a, (0, 2, 3, 1))
 
 
+def golden_probabilities(golden):
+    """The wrapper's summed probabilities (one scale: the inference outputs), NHWC."""
+    parts = tuple(nhwc(golden[f"inf_part{k}_{owner}_softmax"])
+                  for k, owner in enumerate(PART_OWNERS))
+    return {"object": nhwc(golden["inf_object_softmax"]),
+            "material": nhwc(golden["inf_material_softmax"]), "part": parts}
+
+
 @pytest.fixture(scope="module")
 def upp_probs(golden_upp):
-    """The wrapper's summed probabilities (one scale: the inference outputs), NHWC."""
-    parts = tuple(nhwc(golden_upp[f"inf_part{k}_{owner}_softmax"])
-                  for k, owner in enumerate(PART_OWNERS))
-    return {"object": nhwc(golden_upp["inf_object_softmax"]),
-            "material": nhwc(golden_upp["inf_material_softmax"]), "part": parts}
+    return golden_probabilities(golden_upp)
 
 
 def upp_config(labels_json):
@@ -402,3 +412,84 @@ def test_segment_images_batches_with_padding(monkeypatch):
     assert out.shape == (5, 1, 4, 4) and out.dtype == np.int32
     np.testing.assert_array_equal(out, np.asarray(direct))
     assert len(np.unique(out)) > 1 and out.min() >= 1
+
+
+@pytest.fixture(scope="module")
+def tiny_upp_dir(labels_json, tmp_path_factory):
+    """A small random upp model folder (the real label space, narrow network)."""
+    config = dataclasses.replace(upp_config(labels_json), depths=(1, 1, 1, 1), stem_width=8,
+                                 base_width=8, fpn_dim=16)
+    variables = upernet.init_params(config, jax.random.PRNGKey(7), (32, 32))
+    dst = str(tmp_path_factory.mktemp("models") / "tiny_upp")
+    save_model(dst, variables, {"kind": upernet.MODEL_KIND, "config": config.to_json(),
+                                "labels": labels_json})
+    return dst
+
+
+def run_main(*args, devices=1):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), "--mode=segment", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_command_line_on_two_devices(tiny_upp_dir, fixtures, tmp_path):
+    images = np.random.default_rng(8).uniform(-1, 1, (5, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "images.npy", images)
+    out = tmp_path / "out" / "seg.npz"
+    done = run_main(f"--segmenter={tiny_upp_dir}", f"--images={tmp_path / 'images.npy'}",
+                    f"--out={out}", "--segdiv=quad", "--downsample=2", "--batch_size=3", devices=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(os.listdir(out.parent)) == ["labels.json", "seg.npz"]
+
+    segmenter, params = seg.Segmenter.from_model_folder(tiny_upp_dir, "quad")
+    direct = segmenter.segment(params, np.transpose(images, (0, 2, 3, 1)), downsample=2)
+    with np.load(out) as saved:
+        assert saved.files == ["segmentation"]
+        assert saved["segmentation"].shape == (5, 5, 16, 16)
+        np.testing.assert_array_equal(saved["segmentation"], np.asarray(direct))
+    with open(out.parent / "labels.json") as f:
+        written = json.load(f)
+    expected = _json(fixtures, "labelcats.json")["quad"]
+    assert [list(pair) for pair in zip(written["names"], written["categories"])] == expected["labelcats"]
+    assert written["category_names"] == expected["categories"]
+
+    np.save(tmp_path / "ints.npy", np.zeros((2, 3, 8, 8), np.int32))
+    done = run_main(f"--segmenter={tiny_upp_dir}", f"--images={tmp_path / 'ints.npy'}",
+                    f"--out={tmp_path / 'bad.npz'}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: --images={tmp_path / 'ints.npy'}: dtype int32, expected float32")
+    assert not (tmp_path / "bad.npz").exists()
+
+
+def check_merges_in_shard_map(fixtures):
+    """Run in a process with 2 devices: under a mesh with an Explicit batch
+    axis, the merges run per device inside shard_map (the recipe for
+    explicit meshes) and reproduce the goldens."""
+    from jax.sharding import NamedSharding, PartitionSpec
+    assert jax.device_count() == 2
+    with open(os.path.join(fixtures, "labels.json")) as f:
+        space = upp_label_space(json.load(f), "quad")
+    with np.load(os.path.join(fixtures, "golden_upp.npz")) as g:
+        golden = dict(g)
+    mesh = jax.make_mesh((2,), ("batch",))
+    batch = PartitionSpec("batch")
+    with jax.set_mesh(mesh):
+        probs = jax.device_put(golden_probabilities(golden), NamedSharding(mesh, batch))
+        merge = jax.shard_map(functools.partial(seg.merge_upp_segmentation, space),
+                              in_specs=batch, out_specs=batch)
+        np.testing.assert_array_equal(np.asarray(jax.jit(merge)(probs)), golden["seg_quad"])
+        score = jax.shard_map(functools.partial(seg.upp_class_score, space),
+                              in_specs=(batch, PartitionSpec()), out_specs=batch)
+        s, mask = jax.jit(score)(probs, jnp.int32(137))
+    np.testing.assert_array_equal(np.asarray(s), golden["psc_door_score"])
+    np.testing.assert_array_equal(np.asarray(mask), golden["psc_door_mask"])
+
+
+def test_merges_run_per_device_in_shard_map(fixtures):
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_segmenter; "
+            "test_segmenter.check_merges_in_shard_map(sys.argv[2])")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    done = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), fixtures],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -16,7 +16,7 @@ import tempfile
 import jax
 import numpy as np
 from absl import flags
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from jaxdissect.cli import register
 from jaxdissect.cli.common import FLAGS, existing_file, require
@@ -56,12 +56,13 @@ def read_images(path):
 def segment_images(segmenter, params, images, batch_size, downsample):
     """(N, K, h, w) int32 class maps of NCHW `images`, in fixed-size batches.
 
-    Each batch is split across all devices; the last one is padded with zero
-    images so that the jitted segmenter compiles once.
+    Each batch is split across all devices (a mesh with an Auto axis: the
+    compiler partitions the per-sample work); the last one is padded with
+    zero images so that the jitted segmenter compiles once.
     """
     n_devices = jax.device_count()
     batch = -(-min(batch_size, len(images)) // n_devices) * n_devices
-    mesh = jax.make_mesh((n_devices,), ("batch",))
+    mesh = jax.make_mesh((n_devices,), ("batch",), axis_types=(AxisType.Auto,))
     per_sample = NamedSharding(mesh, PartitionSpec("batch"))
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     run = jax.jit(segmenter.segment, static_argnums=2)

@@ -16,9 +16,14 @@ Dissection's segmenter wrappers do:
 
 The merges and class scores are functions of the probability dict alone, so
 they can be checked without the network. Everything is jnp with static
-shapes, so `segment` and `class_score` jit once per batch shape, run on
-batches sharded across devices, and `class_score` is differentiable with
-respect to the images.
+shapes and per-sample work, so `segment` and `class_score` jit once per
+batch shape and `class_score` is differentiable with respect to the images.
+
+Sharding the batch across devices: under a mesh whose batch axis is Auto,
+jit them with batch-sharded images; under an Explicit axis (the default of
+`jax.make_mesh`), wrap them in `jax.shard_map` over the batch axis (the
+gathers and the components loop have no explicit-sharding rules; no
+collectives are needed).
 """
 import dataclasses
 import functools
@@ -82,7 +87,10 @@ def component_roots(labelmap):
         new = step(roots)
         return new, jnp.any(new != roots)
 
-    roots, _ = jax.lax.while_loop(lambda state: state[1], body, (start, jnp.array(True)))
+    # One step before the loop, so that the carry derives from the data
+    # (its "changed" flag then also has the data's per-device type in shard_map).
+    first = step(start)
+    roots, _ = jax.lax.while_loop(lambda state: state[1], body, (first, jnp.any(first != start)))
     return roots
 
 
@@ -243,10 +251,10 @@ class Segmenter:
     def from_model_folder(cls, path, segdiv="undivided", segsizes=()):
         """Loads a converted segmenter folder; returns (segmenter, params)."""
         config, params, meta = upernet.load_segmenter_model(path)
+        if "labels" not in meta:
+            raise UserError(f"{path}: meta.json has no 'labels'")
         try:
             return cls.create(config, meta["labels"], segdiv, segsizes), params
-        except KeyError:
-            raise UserError(f"{path}: meta.json has no 'labels'") from None
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
 
