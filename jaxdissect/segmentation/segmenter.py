@@ -194,7 +194,8 @@ def upp_class_score(space: UppLabelSpace, probs, classnum):
         local, present = jnp.argmax(matches), jnp.any(matches)
         score = score + jnp.where(present, _channel(part_probs, local), 0.0)
         mask = mask | (present & (objects == owner) & (_argmax(part_probs) == local))
-    return jnp.where(is_material, material_score, score), jnp.where(is_material, material_mask, mask)
+    return (jnp.where(is_material, material_score, score),
+            jnp.where(is_material, material_mask, mask))
 
 
 def merge_flat_segmentation(space: FlatLabelSpace, probs):
