@@ -1,0 +1,67 @@
+"""The device mesh every sharded computation uses: one 'batch' axis over all devices of all hosts.
+
+Samples are addressed by a global index. Sample i's latent depends only on
+(seed, i), so results do not depend on the device or host count. Each host
+builds only the rows of a global batch that live on its own devices
+(`global_batch`), and reductions over the batch axis are explicit `psum`s in
+`shard_map` (see jaxdissect.stats).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH = "batch"
+
+
+@functools.lru_cache(maxsize=None)
+def batch_mesh():
+    """A 1-D mesh over every device of every process."""
+    return Mesh(np.array(jax.devices()), (BATCH,))
+
+
+def batch_sharding(ndim):
+    """Sharding of an array whose leading axis is the batch."""
+    return NamedSharding(batch_mesh(), P(BATCH, *([None] * (ndim - 1))))
+
+
+def replicated():
+    return NamedSharding(batch_mesh(), P())
+
+
+def batch_multiple():
+    """Global batch sizes must be a multiple of this (the device count)."""
+    return batch_mesh().size
+
+
+def global_batch(shape, dtype, rows_fn):
+    """A batch-sharded global array; `rows_fn(start, stop)` makes rows [start, stop) on this host.
+
+    Only the rows held by this process's devices are ever computed.
+    """
+    def shard(index):
+        rows = index[0]
+        start, stop, _ = rows.indices(shape[0])
+        return np.asarray(rows_fn(start, stop), dtype)
+    return jax.make_array_from_callback(shape, batch_sharding(len(shape)), shard)
+
+
+def latents(seed, start, stop, latent_size):
+    """The latents of global samples [start, stop): row i depends only on (seed, i)."""
+    return np.asarray(_latents(jnp.uint32(seed), jnp.arange(start, stop, dtype=jnp.uint32), latent_size))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _latents(seed, indices, latent_size):
+    key = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (latent_size,)))(indices)
+
+
+def to_host(x):
+    """A global array as one numpy array on every process (a gather across hosts if needed)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

@@ -1,0 +1,153 @@
+"""Streaming statistics of unit activations: fixed-shape pytree states updated by
+jitted, batch-sharded reductions.
+
+Two states cover everything dissection needs:
+
+* `RangeStats` (pass 1, featuremaps only): each unit's min and max and its
+  top-k samples by peak activation.
+* `JointStats` (pass 2, featuremaps upsampled to the segmentation and the
+  segmentation): for every unit, a histogram of its activation over `bins`
+  equal-width bins spanning [min, max] from pass 1, both over all pixels
+  (`marginal`) and over the pixels of each class (`joint`); per-class pixel
+  counts; per (unit, class) activation sums.
+
+Every threshold the method needs is a bin edge, so counts of `act >= edge`
+follow exactly from suffix sums of the histograms, whatever the sample count;
+memory is O(units * classes * bins). Updates run under `shard_map` over the
+mesh's batch axis: each device reduces its own rows, then a psum / pmax /
+all-gather combines them, so 1 or 8 devices give identical integer counts.
+"""
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from jaxdissect import parallel
+
+
+class RangeStats(NamedTuple):
+    minimum: jax.Array      # (U,) float32
+    maximum: jax.Array      # (U,)
+    top_value: jax.Array    # (k, U) peak activations, best first
+    top_index: jax.Array    # (k, U) int32 global sample indices (-1: none yet)
+
+
+class JointStats(NamedTuple):
+    joint: jax.Array        # (U, C, B) int32: pixels of class c with act in bin b
+    marginal: jax.Array     # (U, B) int32: pixels with act in bin b
+    class_pixels: jax.Array  # (C,) int32: pixels carrying class c (any label channel)
+    act_sum: jax.Array      # (U, C) float32: sum of act over pixels of class c
+    pixels: jax.Array       # () int32: pixels seen
+
+
+def range_init(units, top_k):
+    return RangeStats(jnp.full((units,), jnp.inf), jnp.full((units,), -jnp.inf),
+                      jnp.full((top_k, units), -jnp.inf), jnp.full((top_k, units), -1, jnp.int32))
+
+
+def joint_init(units, classes, bins):
+    return JointStats(jnp.zeros((units, classes, bins), jnp.int32), jnp.zeros((units, bins), jnp.int32),
+                      jnp.zeros((classes,), jnp.int32), jnp.zeros((units, classes), jnp.float32),
+                      jnp.zeros((), jnp.int32))
+
+
+def bin_index(acts, lo, hi, bins):
+    """Bin of each activation among `bins` equal bins over [lo, hi] (per unit, last axis)."""
+    width = jnp.where(hi > lo, (hi - lo) / bins, 1.0)
+    return jnp.clip(jnp.floor((acts - lo) / width), 0, bins - 1).astype(jnp.int32)
+
+
+def bin_edges(lo, hi, bins):
+    """(U, bins) lower edges of the bins of `bin_index`, in float64 numpy."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    width = np.where(hi > lo, (hi - lo) / bins, 1.0)
+    return lo[:, None] + width[:, None] * np.arange(bins)[None, :]
+
+
+def distinct_labels(seg):
+    """(N, K, h, w) label channels -> (N, h, w, K) with repeats of a label at a pixel set to 0.
+
+    A pixel can carry the same class in two channels (e.g. a door both as an
+    object and as a building part); it must count once.
+    """
+    seg = jnp.moveaxis(seg, 1, -1)
+    keep = [seg[..., 0]]
+    for k in range(1, seg.shape[-1]):
+        repeat = jnp.any(seg[..., k:k + 1] == seg[..., :k], axis=-1)
+        keep.append(jnp.where(repeat, 0, seg[..., k]))
+    return jnp.stack(keep, axis=-1)
+
+
+def _range_increment(state, acts, sample_index):
+    """Local (per-device) pass-1 reduction, combined across the batch axis.
+
+    Rows with sample_index < 0 are padding and are ignored.
+    """
+    valid = (sample_index >= 0)[:, None, None]
+    flat = acts.astype(jnp.float32).reshape(acts.shape[0], -1, acts.shape[-1])
+    minimum = jax.lax.pmin(jnp.minimum(state.minimum, jnp.where(valid, flat, jnp.inf).min(axis=(0, 1))),
+                           parallel.BATCH)
+    maximum = jax.lax.pmax(jnp.maximum(state.maximum, jnp.where(valid, flat, -jnp.inf).max(axis=(0, 1))),
+                           parallel.BATCH)
+    peak = jnp.where(valid[:, 0], flat.max(axis=1), -jnp.inf)
+    peak = jax.lax.all_gather(peak, parallel.BATCH, tiled=True)                    # (N, U), sample order
+    index = jax.lax.all_gather(sample_index, parallel.BATCH, tiled=True)          # (N,)
+    values = jnp.concatenate([state.top_value, peak], axis=0)                     # earlier samples first
+    indices = jnp.concatenate([state.top_index, jnp.broadcast_to(index[:, None], peak.shape)], axis=0)
+    k = state.top_value.shape[0]
+    top_value, order = jax.lax.top_k(values.T, k)                                 # ties: lower position first
+    top_index = jnp.take_along_axis(indices.T, order, axis=1)
+    return RangeStats(minimum, maximum, top_value.T, top_index.T)
+
+
+def _joint_increment(state, acts, seg, sample_index, lo, hi):
+    """Local pass-2 histograms of upsampled acts (n, h, w, U) against labels (n, K, h, w).
+
+    Rows with sample_index < 0 are padding and count zero. Label 0 means "no
+    label": its joint, class_pixels and act_sum entries stay 0.
+    """
+    units, classes, bins = state.joint.shape
+    acts = acts.astype(jnp.float32)
+    labels = distinct_labels(seg)                                                  # (n, h, w, K)
+    b = bin_index(acts, lo, hi, bins)                                              # (n, h, w, U)
+    valid = (sample_index >= 0).astype(jnp.int32)[:, None, None]                  # (n, 1, 1)
+    weight = jnp.broadcast_to(valid[..., None], b.shape)                           # (n, h, w, U)
+    labelled = valid[..., None] * (labels > 0)                                     # (n, h, w, K)
+    unit = jnp.arange(units, dtype=jnp.int32)
+    joint_index = ((unit[:, None] * classes + labels[..., None, :]) * bins + b[..., :, None])
+    joint = jnp.zeros(units * classes * bins, jnp.int32).at[joint_index.ravel()].add(
+        jnp.broadcast_to(labelled[..., None, :], joint_index.shape).ravel(), mode="promise_in_bounds")
+    marginal = jnp.zeros(units * bins, jnp.int32).at[(unit * bins + b).ravel()].add(
+        weight.ravel(), mode="promise_in_bounds")
+    onehot = jax.nn.one_hot(labels, classes, dtype=jnp.float32) * labelled[..., None]
+    onehot = jnp.sum(onehot, axis=-2)                                              # (n, h, w, C)
+    act_sum = jnp.einsum("nhwu,nhwc->uc", acts, onehot, precision=jax.lax.Precision.HIGHEST)
+    increment = JointStats(joint.reshape(units, classes, bins), marginal.reshape(units, bins),
+                           jnp.sum(onehot, axis=(0, 1, 2)).astype(jnp.int32), act_sum,
+                           jnp.sum(weight[..., 0]))
+    increment = jax.lax.psum(increment, parallel.BATCH)
+    return jax.tree.map(jnp.add, state, increment)
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded(fn, batch_args):
+    """jit(shard_map(fn)): the state (first arg) replicated, the next `batch_args` batch-sharded."""
+    def specs(args):
+        return (P(),) + (P(parallel.BATCH),) * batch_args + (P(),) * (args - 1 - batch_args)
+    nargs = fn.__code__.co_argcount
+    mapped = jax.shard_map(fn, mesh=parallel.batch_mesh(), in_specs=specs(nargs), out_specs=P(),
+                           check_vma=False)
+    return jax.jit(mapped, donate_argnums=0)
+
+
+def range_update(state, acts, sample_index):
+    """Folds a batch of featuremaps (N, H, W, U) of samples `sample_index` (N,) into `state`."""
+    return _sharded(_range_increment, 2)(state, acts, sample_index)
+
+
+def joint_update(state, acts, seg, sample_index, lo, hi):
+    """Folds upsampled featuremaps (N, h, w, U) and segmentations (N, K, h, w) into `state`."""
+    return _sharded(_joint_increment, 3)(state, acts, seg, sample_index, lo, hi)

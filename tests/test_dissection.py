@@ -1,0 +1,253 @@
+"""Dissection statistics and measures against brute-force numpy, a planted unit, resume and devices."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdissect import stats
+from jaxdissect.dissection import engine, measures, results
+
+sys.path.insert(0, os.path.dirname(__file__))
+import planted  # noqa: E402
+
+BINS = 64
+
+
+def random_case(seed, n=10, hw=12, units=5, classes=4, k=2):
+    rng = np.random.default_rng(seed)
+    acts = rng.standard_normal((n, hw, hw, units)).astype(np.float32)
+    acts[..., 0] += 1.5 * (np.arange(hw)[None, :, None] > hw // 2)       # a unit that likes the bottom
+    seg = rng.integers(0, classes, (n, k, hw, hw)).astype(np.int32)
+    seg[:, 1] = np.where(rng.random((n, hw, hw)) < 0.3, seg[:, 0], seg[:, 1])  # repeated labels
+    seg[:, 0] = np.where(np.arange(hw)[None, :, None] > hw // 2, 1, seg[:, 0])   # class 1 at the bottom
+    return acts, seg
+
+
+def run_stats(acts, seg, classes, batch=4):
+    """Streams the case in batches of `batch` (last one padded)."""
+    n, _, _, units = acts.shape
+    rs = stats.range_init(units, 3)
+    for start in range(0, n, batch):
+        a, idx = pad_batch(acts, start, batch)
+        rs = stats.range_update(rs, a, idx)
+    js = stats.joint_init(units, classes, BINS)
+    for start in range(0, n, batch):
+        a, idx = pad_batch(acts, start, batch)
+        s, _ = pad_batch(seg, start, batch)
+        js = stats.joint_update(js, a, s, idx, rs.minimum, rs.maximum)
+    return jax.tree.map(np.asarray, rs), jax.tree.map(np.asarray, js)
+
+
+def pad_batch(x, start, batch):
+    part = x[start:start + batch]
+    index = np.arange(start, start + len(part), dtype=np.int32)
+    pad = batch - len(part)
+    if pad:
+        part = np.concatenate([part, np.repeat(part[:1], pad, axis=0)])
+        index = np.concatenate([index, -np.ones(pad, np.int32)])
+    return jnp.asarray(part), jnp.asarray(index)
+
+
+def brute_bins(acts, lo, hi):
+    """The documented binning, in numpy: equal bins over [lo, hi], float32 arithmetic."""
+    width = np.where(hi > lo, (hi - lo) / np.float32(BINS), np.float32(1)).astype(np.float32)
+    return np.clip(np.floor((acts - lo) / width), 0, BINS - 1).astype(np.int64)
+
+
+def brute_class_masks(seg, classes):
+    """(n, h, w, C): pixel carries class c in any channel; class 0 ('no label') never counts."""
+    masks = np.stack([np.any(seg == c, axis=1) for c in range(classes)], axis=-1)
+    masks[..., 0] = False
+    return masks
+
+
+def test_streaming_stats_equal_brute_force():
+    classes = 4
+    acts, seg = random_case(0)
+    rs, js = run_stats(acts, seg, classes)
+    np.testing.assert_array_equal(rs.minimum, acts.min(axis=(0, 1, 2)))
+    np.testing.assert_array_equal(rs.maximum, acts.max(axis=(0, 1, 2)))
+    peaks = acts.max(axis=(1, 2))
+    np.testing.assert_array_equal(rs.top_index, np.argsort(-peaks, axis=0, kind="stable")[:3])
+    np.testing.assert_array_equal(rs.top_value, -np.sort(-peaks, axis=0)[:3])
+    b = brute_bins(acts, rs.minimum, rs.maximum)
+    masks = brute_class_masks(seg, classes)
+    for u in range(acts.shape[-1]):
+        np.testing.assert_array_equal(js.marginal[u], np.bincount(b[..., u].ravel(), minlength=BINS))
+        for c in range(classes):
+            expect = np.bincount(b[..., u][masks[..., c]], minlength=BINS)
+            np.testing.assert_array_equal(js.joint[u, c], expect)
+            np.testing.assert_allclose(js.act_sum[u, c], acts[..., u][masks[..., c]].sum(), rtol=1e-5)
+    np.testing.assert_array_equal(js.class_pixels, masks.sum(axis=(0, 1, 2)))
+    assert js.pixels == acts[..., 0].size
+
+
+def brute_counts(a_bins, mask, j):
+    above = a_bins >= j
+    return above.sum(), (above & mask).sum(), mask.sum(), mask.size
+
+
+def brute_iqr(both, above, s, n):
+    p = np.array([[both, above - both], [s - both, n - above - s + both]], np.float64) / n
+    px, py = p.sum(axis=1), p.sum(axis=0)
+    mi = sum(p[i, j] * np.log(p[i, j] / (px[i] * py[j])) for i in range(2) for j in range(2) if p[i, j] > 0)
+    h = -sum(p[i, j] * np.log(p[i, j]) for i in range(2) for j in range(2) if p[i, j] > 0)
+    return mi / h if h > 0 else 0.0
+
+
+def test_quantile_rule_equals_brute_force():
+    classes, q = 4, 0.9
+    acts, seg = random_case(1)
+    rs, js = run_stats(acts, seg, classes)
+    rule = measures.quantile_rule(js, rs.minimum, rs.maximum, q)
+    b = brute_bins(acts, rs.minimum, rs.maximum)
+    masks = brute_class_masks(seg, classes)
+    n = acts[..., 0].size
+    for u in range(acts.shape[-1]):
+        fractions = np.array([(b[..., u] >= j).sum() / n for j in range(BINS + 1)])
+        j = int(np.argmax(fractions <= 1 - q))            # lowest edge with <= 10% at or above it
+        assert fractions[j] <= 1 - q < fractions[j - 1]
+        width = (rs.maximum[u] - rs.minimum[u]) / BINS
+        np.testing.assert_allclose(rule["threshold"][u, 0], rs.minimum[u] + j * width, rtol=1e-6)
+        for c in range(classes):
+            above, both, s, _ = brute_counts(b[..., u], masks[..., c], j)
+            assert rule["intersection"][u, c] == both
+            assert rule["union"][u, c] == above + s - both
+            np.testing.assert_allclose(rule["iou"][u, c], both / (above + s - both), rtol=1e-12)
+            np.testing.assert_allclose(rule["iqr"][u, c], brute_iqr(both, above, s, n), rtol=1e-9, atol=1e-12)
+
+
+def test_iqr_rule_equals_brute_force_search():
+    classes, levels, smallest = 4, 20, 1e-2
+    acts, seg = random_case(2)
+    rs, js = run_stats(acts, seg, classes)
+    rule = measures.iqr_rule(js, rs.minimum, rs.maximum, levels, smallest, min_agreement=0.6)
+    b = brute_bins(acts, rs.minimum, rs.maximum)
+    masks = brute_class_masks(seg, classes)
+    n = acts[..., 0].size
+    found_any = False
+    for u in range(acts.shape[-1]):
+        width = (rs.maximum[u] - rs.minimum[u]) / BINS
+        fractions = np.array([(b[..., u] >= j).sum() / n for j in range(BINS + 1)])
+        for c in range(classes):
+            best = None
+            for f in np.logspace(np.log10(smallest), 0, levels):
+                j = int(np.argmax(fractions <= f))
+                t = rs.minimum[u] + j * width if j < BINS else rs.maximum[u]
+                above, both, s, _ = brute_counts(b[..., u], masks[..., c], j)
+                agree = (n - above - s + 2 * both) / n
+                if agree > 0.6 and t > 0:
+                    r = brute_iqr(both, above, s, n)
+                    if best is None or r > best[0]:
+                        best = (r, t, both / (above + s - both))
+            if best is None:
+                assert np.isnan(rule["threshold"][u, c]) and rule["iou"][u, c] == 0
+            else:
+                found_any = True
+                np.testing.assert_allclose(rule["iqr"][u, c], best[0], rtol=1e-9)
+                np.testing.assert_allclose(rule["threshold"][u, c], best[1], rtol=1e-6)
+                np.testing.assert_allclose(rule["iou"][u, c], best[2], rtol=1e-9)
+    assert found_any
+
+
+def test_thresholds_match_direct_comparison():
+    """Counts at a reported threshold agree with `act >= threshold` (up to values within an ulp of it)."""
+    acts, seg = random_case(3)
+    rs, js = run_stats(acts, seg, 4)
+    rule = measures.quantile_rule(js, rs.minimum, rs.maximum, 0.8)
+    masks = brute_class_masks(seg, 4)
+    for u in range(acts.shape[-1]):
+        above = acts[..., u] >= rule["threshold"][u, 1]
+        assert abs(int((above & masks[..., 1]).sum()) - rule["intersection"][u, 1]) <= 2
+
+
+def planted_settings(**kw):
+    base = dict(layers=("layer",), samples=120, batch_size=16, checkpoint_every=2, bins=128, top_k=5)
+    base.update(kw)
+    return engine.DissectSettings(**base)
+
+
+def test_planted_unit_is_found(tmp_path):
+    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+    settings = planted_settings()
+    collected = engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path))
+    summary = results.summarize(collected, settings, planted.LABELS, planted.CATEGORIES)
+    units = summary["layers"]["layer"]["unit"]
+    hit = units[planted.PLANTED_UNIT]
+    assert hit["label"] == "thing" and hit["iou"] > 0.9 and hit["interpretable"]
+    others = [u for u in units if u["unit"] != planted.PLANTED_UNIT]
+    assert all(not u["interpretable"] for u in others)
+    assert max(u["iou"] for u in others) < 0.3
+    quantile = results.rule_matrices(*collected["layer"], settings)["quantile"]["iou"]
+    assert np.argmax(quantile[:, planted.THING]) == planted.PLANTED_UNIT
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
+    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+    settings = planted_settings(samples=100)
+    whole = engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path / "whole"))
+
+    real_update = stats.joint_update
+    calls = {"n": 0}
+
+    def dying_update(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Interrupt()
+        return real_update(*args)
+    monkeypatch.setattr(stats, "joint_update", dying_update)
+    with pytest.raises(Interrupt):
+        engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path / "resumed"))
+    monkeypatch.setattr(stats, "joint_update", real_update)
+    resumed = engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path / "resumed"))
+    for part_whole, part_resumed in zip(whole["layer"], resumed["layer"]):
+        for a, b in zip(part_whole, part_resumed):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_other_run_in_same_folder_is_refused(tmp_path):
+    from jaxdissect.errors import UserError
+    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+    engine.collect_statistics(gen, gen.init(), seg, None, planted_settings(samples=32), str(tmp_path))
+    with pytest.raises(UserError, match="different dissection"):
+        engine.collect_statistics(gen, gen.init(), seg, None, planted_settings(samples=48), str(tmp_path))
+
+
+DEVICE_SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+import jax, planted
+from jaxdissect.dissection import engine
+assert jax.device_count() == {devices}
+gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5)
+(rs, js), = engine.collect_statistics(gen, gen.init(), seg, None, settings, {outdir!r}).values()
+np.savez({out!r}, **rs._asdict(), **js._asdict())
+"""
+
+
+def run_on_devices(devices, tmp_path):
+    out = tmp_path / f"stats{devices}.npz"
+    script = DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), devices=devices,
+                                  outdir=str(tmp_path / f"run{devices}"), out=str(out))
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True)
+    return dict(np.load(out))
+
+
+def test_one_and_eight_devices_agree(tmp_path):
+    one, eight = run_on_devices(1, tmp_path), run_on_devices(8, tmp_path)
+    for key in one:
+        if key == "act_sum":
+            np.testing.assert_allclose(one[key], eight[key], rtol=1e-5)
+        else:
+            np.testing.assert_array_equal(one[key], eight[key], err_msg=key)
