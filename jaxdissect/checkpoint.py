@@ -38,6 +38,7 @@ def atomic_directory(dst):
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=parent)
     try:
         yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is for everyone to read
         if os.path.isdir(dst):
             os.rmdir(dst)
         os.rename(tmp, dst)

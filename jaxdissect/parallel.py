@@ -11,15 +11,19 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 BATCH = "batch"
 
 
 @functools.lru_cache(maxsize=None)
 def batch_mesh():
-    """A 1-D mesh over every device of every process."""
-    return Mesh(np.array(jax.devices()), (BATCH,))
+    """A 1-D mesh over every device of every process.
+
+    The axis is Auto: inside plain `jit` the compiler partitions per-sample
+    work (convolutions, gathers, loops) along the sharded batch by itself.
+    """
+    return Mesh(np.array(jax.devices()), (BATCH,), axis_types=(AxisType.Auto,))
 
 
 def batch_sharding(ndim):

@@ -9,7 +9,6 @@ should not.
 """
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -58,7 +57,7 @@ class PlantedGenerator:
 @dataclasses.dataclass(frozen=True)
 class PlantedSegmenter:
     labels: tuple = LABELS
-    categories: tuple = CATEGORIES
+    label_categories: tuple = CATEGORIES
 
     def segment(self, params, images, downsample=1):
         thing = images[..., 0] > 0

@@ -1,5 +1,4 @@
 """Dissection statistics and measures against brute-force numpy, a planted unit, resume and devices."""
-import json
 import os
 import subprocess
 import sys

@@ -4,12 +4,17 @@ import os
 from absl import flags
 
 from jaxdissect.errors import UserError
+from jaxdissect.segmentation.labels import SEGDIVS
 
 flags.DEFINE_string("generator", None, "Converted generator folder (from convert/proggan.py or weights/toy/generator).")
 flags.DEFINE_string("segmenter", None, "Converted segmenter folder (from convert/upernet.py or weights/toy/segmenter).")
 flags.DEFINE_string("outdir", None, "Output folder of the run.")
 flags.DEFINE_integer("batch_size", 8, "Samples per batch (split across all devices).")
 flags.DEFINE_integer("seed", 1, "Global random seed; results do not depend on the device count.")
+flags.DEFINE_string("out", None, "generate, segment: the .npz file to write.")
+flags.DEFINE_integer("downsample", 1, "Segmentations are (H // downsample, W // downsample) for H x W images.")
+flags.DEFINE_enum("segdiv", "undivided", SEGDIVS,
+                  "'quad' adds the upp segmenter's top/bottom and left/right object quarters as classes.")
 
 FLAGS = flags.FLAGS
 

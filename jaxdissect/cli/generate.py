@@ -7,7 +7,6 @@ OUT.npz holds `image` (N, 3, R, R) and one (N, C, H, W) array per captured
 layer, float32, in the original tools' NCHW layout.
 """
 import os
-import tempfile
 
 import jax
 import numpy as np
@@ -17,10 +16,10 @@ from PIL import Image
 from jaxdissect.cli import register
 from jaxdissect.cli.common import FLAGS, require
 from jaxdissect.errors import UserError
+from jaxdissect.io import files
 from jaxdissect.models.load import load_generator
 
 flags.DEFINE_string("z", None, "generate: .npy file of latents, float, shape (N, latent_size).")
-flags.DEFINE_string("out", None, "generate: .npz file to write (image and captured layers, NCHW float32).")
 flags.DEFINE_list("capture", [], "generate: layers whose featuremaps to save too, e.g. layer4,layer6.")
 flags.DEFINE_string("png_dir", None, "generate: also write each image as DIR/NNNNNN.png.")
 
@@ -71,20 +70,6 @@ def image_bytes(images):
     return np.rint(scaled).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def save_npz_atomically(path, arrays):
-    """Writes `arrays` to `path` via a temporary file beside it, then renames."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_pngs(folder, images):
     os.makedirs(folder, exist_ok=True)
     for i, pixels in enumerate(image_bytes(images)):
@@ -101,7 +86,7 @@ def run():
     model, params = load_generator(FLAGS.generator)
     z = read_latents(FLAGS.z, model.latent_size)
     arrays = generate(model, params, z, FLAGS.capture, FLAGS.batch_size)
-    save_npz_atomically(FLAGS.out, arrays)
+    files.save_npz(FLAGS.out, arrays)
     if FLAGS.png_dir:
         save_pngs(FLAGS.png_dir, arrays["image"])
     print(f"wrote {FLAGS.out}: {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}")

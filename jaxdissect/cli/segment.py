@@ -9,26 +9,20 @@ class numbers, K = 3 (object, material, part) or 5 (quad) for the unified
 parsing segmenter, 1 for single-head segmenters. labels.json beside OUT
 names each class number: {"names": [...], "categories": [...], "category_names": [...]}.
 """
-import json
 import os
-import tempfile
 
 import jax
 import numpy as np
 from absl import flags
-from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from jaxdissect import parallel
 from jaxdissect.cli import register
 from jaxdissect.cli.common import FLAGS, existing_file, require
-from jaxdissect.cli.generate import save_npz_atomically  # also defines --out
 from jaxdissect.errors import UserError
-from jaxdissect.segmentation.labels import SEGDIVS
+from jaxdissect.io import files
 from jaxdissect.segmentation.segmenter import Segmenter
 
 flags.DEFINE_string("images", None, "segment: .npy file of images, float32 (N, 3, H, W) in [-1, 1].")
-flags.DEFINE_integer("downsample", 1, "segment: class maps are (H // downsample, W // downsample).")
-flags.DEFINE_enum("segdiv", "undivided", SEGDIVS,
-                  "segment: 'quad' adds the upp segmenter's top/bottom and left/right object quarters.")
 
 LABELS_FILE = "labels.json"
 # Images may overshoot [-1, 1] by float rounding (e.g. a tanh output).
@@ -60,11 +54,10 @@ def segment_images(segmenter, params, images, batch_size, downsample):
     compiler partitions the per-sample work); the last one is padded with
     zero images so that the jitted segmenter compiles once.
     """
-    n_devices = jax.device_count()
+    n_devices = parallel.batch_multiple()
     batch = -(-min(batch_size, len(images)) // n_devices) * n_devices
-    mesh = jax.make_mesh((n_devices,), ("batch",), axis_types=(AxisType.Auto,))
-    per_sample = NamedSharding(mesh, PartitionSpec("batch"))
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    per_sample = parallel.batch_sharding(4)
+    params = jax.device_put(params, parallel.replicated())
     run = jax.jit(segmenter.segment, static_argnums=2)
     images = np.transpose(images, (0, 2, 3, 1))
     outputs = []
@@ -82,18 +75,6 @@ def labels_description(segmenter):
             "category_names": list(segmenter.categories)}
 
 
-def save_json_atomically(path, value):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 @register("segment", "Segment images from a .npy file (NCHW in [-1, 1]) into class maps (.npz).")
 def run():
     require("segmenter", "images", "out")
@@ -109,8 +90,8 @@ def run():
                         f"({images.shape[2]}x{images.shape[3]})")
     segmenter, params = Segmenter.from_model_folder(FLAGS.segmenter, FLAGS.segdiv)
     segmentation = segment_images(segmenter, params, images, FLAGS.batch_size, FLAGS.downsample)
-    save_npz_atomically(FLAGS.out, {"segmentation": segmentation})
+    files.save_npz(FLAGS.out, {"segmentation": segmentation})
     labels_path = os.path.join(os.path.dirname(os.path.abspath(FLAGS.out)), LABELS_FILE)
-    save_json_atomically(labels_path, labels_description(segmenter))
+    files.save_json(labels_path, labels_description(segmenter))
     print(f"wrote {FLAGS.out}: segmentation {segmentation.shape}; {labels_path}: "
           f"{segmenter.num_classes} classes")

@@ -17,6 +17,7 @@ import numpy as np
 from jaxdissect import stats
 from jaxdissect.dissection import measures
 from jaxdissect.errors import UserError
+from jaxdissect.io import files
 
 RULES = ("iqr", "quantile")
 MEASURES = ("iou", "iqr", "agreement", "threshold", "intersection", "union")
@@ -37,7 +38,7 @@ def write_statistics(outdir, collected, settings):
         arrays = {**range_stats._asdict(), **joint_stats._asdict()}
         for rule, matrices in rule_matrices(range_stats, joint_stats, settings).items():
             arrays.update({f"{rule}_{m}": matrices[m] for m in MEASURES})
-        _atomic_savez(os.path.join(outdir, "stats", f"{layer}.npz"), arrays)
+        files.save_npz(os.path.join(outdir, "stats", f"{layer}.npz"), arrays, compressed=True)
 
 
 def read_statistics(outdir, layer):
@@ -83,11 +84,7 @@ def summarize(collected, settings, label_names, categories):
 
 
 def write_summary(outdir, summary):
-    path = os.path.join(outdir, "dissect.json")
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, path)
+    files.save_json(os.path.join(outdir, "dissect.json"), summary)
 
 
 class Dissection:
@@ -152,9 +149,3 @@ def _num(x):
 
 def _jsonable(d):
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-
-def _atomic_savez(path, arrays):
-    tmp = path + ".partial.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)

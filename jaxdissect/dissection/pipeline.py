@@ -1,0 +1,38 @@
+"""A whole dissection in one call: statistics, labels, files and the report."""
+import jax
+
+from jaxdissect.dissection import engine, results
+from jaxdissect.report import html, unit_images
+
+
+def dissect(generator, g_params, segmenter, s_params, settings, outdir, run_info=None, report_images=8,
+            model_ids=None):
+    """Runs (or resumes) the dissection into `outdir`; returns its `results.Dissection`.
+
+    Writes stats/LAYER.npz, dissect.json and report.html (process 0 only).
+    """
+    collected = engine.collect_statistics(generator, g_params, segmenter, s_params, settings, outdir,
+                                          model_ids)
+    if jax.process_index() == 0:
+        results.write_statistics(outdir, collected, settings)
+        summary = results.summarize(collected, settings, segmenter.labels, segmenter.label_categories)
+        write_summary_and_report(outdir, summary, generator, g_params, settings, run_info, report_images)
+    return results.Dissection(outdir)
+
+
+def relabel(outdir, generator, g_params, settings, run_info=None, report_images=8):
+    """Recomputes labels and the report from saved statistics with new read-out settings."""
+    previous = results.Dissection(outdir)
+    collected = {layer: results.read_statistics(outdir, layer) for layer in previous.layers}
+    summary = results.summarize(collected, settings, previous.labels, previous.categories)
+    write_summary_and_report(outdir, summary, generator, g_params, settings, run_info, report_images)
+    return results.Dissection(outdir)
+
+
+def write_summary_and_report(outdir, summary, generator, g_params, settings, run_info, report_images):
+    results.write_summary(outdir, summary)
+    strips = {layer: unit_images.layer_strips(generator, g_params, layer, settings.seed,
+                                              summary["layers"][layer]["unit"], report_images,
+                                              settings.batch_size)
+              for layer in summary["layers"]}
+    html.write_report(outdir, summary, strips, run_info or {})

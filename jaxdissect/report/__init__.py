@@ -1,0 +1,1 @@
+"""Outputs a person reads: unit image strips, SVG charts and the self-contained HTML report."""

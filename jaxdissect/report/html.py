@@ -1,0 +1,115 @@
+"""The self-contained dissection report (one HTML file; images inlined as data URIs)."""
+import base64
+import html
+import os
+
+from jaxdissect.io import files
+
+CATEGORY_COLOURS = {"object": "#4e79a7", "part": "#f28e2b", "material": "#59a14f", "scene": "#b07aa1"}
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
+th{background:#f4f4f4} .settings td:first-child{color:#666}
+.cards{display:flex;flex-direction:column;gap:6px}
+.card{display:flex;align-items:center;gap:12px;padding:4px;border:1px solid #eee;border-radius:4px}
+.card .info{width:190px;font-size:13px;flex:none} .card .label{font-weight:600}
+.card img{image-rendering:pixelated;max-width:calc(100% - 210px)}
+.muted{color:#888} details summary{cursor:pointer;margin:8px 0}
+.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}
+"""
+
+
+def label_counts(layer_summary):
+    """[(label, category, count)] of interpretable units, by category then count."""
+    counts = [(label, v["category"], v["units"]) for label, v in layer_summary["labels"].items()]
+    order = list(CATEGORY_COLOURS)
+    return sorted(counts, key=lambda t: (order.index(t[1]) if t[1] in order else 9, -t[2], t[0]))
+
+
+def bar_chart(counts, width=900, bar_height=16):
+    """A horizontal SVG bar chart of interpretable units per label, coloured by category."""
+    if not counts:
+        return '<p class="muted">No interpretable units at these cut-offs.</p>'
+    top = max(c for _, _, c in counts)
+    label_width, chart_width = 150, width - 200
+    rows = []
+    for i, (label, category, count) in enumerate(counts):
+        y = i * (bar_height + 4)
+        w = max(1.0, chart_width * count / top)
+        colour = CATEGORY_COLOURS.get(category, "#999")
+        rows.append(f'<text x="{label_width - 6}" y="{y + bar_height - 4}" text-anchor="end" font-size="12">'
+                    f'{html.escape(label)}</text>'
+                    f'<rect x="{label_width}" y="{y}" width="{w:.1f}" height="{bar_height}" fill="{colour}">'
+                    f'<title>{html.escape(label)} ({category}): {count} units</title></rect>'
+                    f'<text x="{label_width + w + 4:.1f}" y="{y + bar_height - 4}" font-size="12">{count}</text>')
+    height = len(counts) * (bar_height + 4)
+    return f'<svg width="{width}" height="{height}" role="img">{"".join(rows)}</svg>'
+
+
+def legend():
+    return '<div class="legend">' + "".join(
+        f'<span style="background:{c}"></span>{name}' for name, c in CATEGORY_COLOURS.items()) + "</div>"
+
+
+def layers_table(summary):
+    rows = []
+    for name, layer in summary["layers"].items():
+        counts = label_counts(layer)
+        top = ", ".join(f"{label} ({n})" for label, _, n in sorted(counts, key=lambda t: -t[2])[:6])
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{layer['units']}</td>"
+                    f"<td>{layer['interpretable_units']}</td><td>{len(counts)}</td><td>{html.escape(top)}</td></tr>")
+    return ("<table><tr><th>layer</th><th>units</th><th>interpretable</th><th>labels</th>"
+            "<th>most frequent labels (units)</th></tr>" + "".join(rows) + "</table>")
+
+
+def unit_card(unit, strip):
+    fmt = lambda x: "–" if x is None else f"{x:.3f}"
+    image = (f'<img alt="top samples of unit {unit["unit"]}" src="data:image/jpeg;base64,'
+             f'{base64.b64encode(strip).decode()}">' if strip else '<span class="muted">no samples</span>')
+    return (f'<div class="card" id="u{unit["unit"]}"><div class="info"><div class="label">unit {unit["unit"]}: '
+            f'{html.escape(unit["label"])}</div><div class="muted">{unit["category"] or "no label"}</div>'
+            f'IoU {fmt(unit["iou"])} · IQR {fmt(unit["iqr"])}<br>threshold {fmt(unit["threshold"])}</div>'
+            f'{image}</div>')
+
+
+def unit_cards(layer_summary, strips):
+    """Interpretable units grouped by label (most frequent labels first), each by IoU; the rest folded."""
+    units = layer_summary["unit"]
+    count = {label: v["units"] for label, v in layer_summary["labels"].items()}
+    good = sorted((u for u in units if u["interpretable"]),
+                  key=lambda u: (-count[u["label"]], u["label"], -(u["iou"] or 0)))
+    rest = sorted((u for u in units if not u["interpretable"]), key=lambda u: -(u["iou"] or 0))
+    cards = "".join(unit_card(u, strips.get(u["unit"])) for u in good)
+    folded = "".join(unit_card(u, strips.get(u["unit"])) for u in rest)
+    return (f'<div class="cards">{cards}</div>'
+            f'<details><summary>{len(rest)} units below the cut-offs</summary>'
+            f'<div class="cards">{folded}</div></details>')
+
+
+def settings_table(summary, run_info):
+    s = summary["settings"]
+    rows = {**run_info,
+            "samples": s["samples"], "seed": s["seed"], "threshold rule": s["rule"],
+            "cut-offs": f"IoU > {s['min_iou']}, agreement > {s['min_agreement']}",
+            "segmentation downsample": s["downsample"]}
+    return '<table class="settings">' + "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items()) + "</table>"
+
+
+def render_report(summary, strips_by_layer, run_info):
+    sections = []
+    for name, layer in summary["layers"].items():
+        sections.append(f'<h2 id="{html.escape(name)}">{html.escape(name)}: {layer["interpretable_units"]} of '
+                        f'{layer["units"]} units interpretable</h2>{legend()}'
+                        f'{bar_chart(label_counts(layer))}{unit_cards(layer, strips_by_layer.get(name, {}))}')
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Dissection report</title>'
+            f'<style>{STYLE}</style></head><body><h1>GAN dissection report</h1>'
+            f'{settings_table(summary, run_info)}<h2>Layers</h2>{layers_table(summary)}'
+            f'{"".join(sections)}</body></html>')
+
+
+def write_report(outdir, summary, strips_by_layer, run_info):
+    path = os.path.join(outdir, "report.html")
+    files.save_text(path, render_report(summary, strips_by_layer, run_info))
+    return path
