@@ -31,3 +31,37 @@ def existing_file(flag_name):
     if not os.path.isfile(path):
         raise UserError(f"--{flag_name}={path}: no such file")
     return path
+
+
+def run_record():
+    """What reproduces a run: the exact flags, software versions and devices."""
+    import platform
+
+    import flax
+    import jax
+    import numpy as np
+    import optax
+    return {"command": "python main.py " + " ".join(FLAGS[name].serialize() for name in sorted(_set_flags())),
+            "flags": {name: _jsonable(FLAGS[name].value) for name in sorted(_set_flags())},
+            "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                         "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__},
+            "devices": {"platform": jax.devices()[0].platform, "count": jax.device_count(),
+                        "processes": jax.process_count()}}
+
+
+def write_run_record(outdir):
+    """Writes OUTDIR/run.json (see `run_record`) from process 0."""
+    import jax
+
+    from jaxdissect.io import files
+    if jax.process_index() == 0:
+        files.save_json(os.path.join(outdir, "run.json"), run_record())
+
+
+def _set_flags():
+    """Flags given on the command line or in a flagfile (plus --mode)."""
+    return [name for name in FLAGS if FLAGS[name].present and name not in ("flagfile", "verbosity")]
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, (list, tuple)) else value

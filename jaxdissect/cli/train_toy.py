@@ -15,6 +15,10 @@ flags.DEFINE_list("gan_sizes", ["128", "128", "128", "32", "16", "8"],
 flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate.")
 flags.DEFINE_float("r1_gamma", 0.2, "Weight of the R1 gradient penalty on real images (GAN training).")
 flags.DEFINE_integer("train_seed", 0, "Seed of the initial weights and of the training data stream.")
+flags.DEFINE_list("seg_depths", ["1", "1", "1", "1"], "Bottlenecks per ResNet stage of the toy segmenter.")
+flags.DEFINE_integer("seg_fpn_dim", 64, "Channels of the toy segmenter's pyramid pooling and FPN.")
+flags.DEFINE_list("seg_ppm_scales", ["1", "2", "4"], "Pooled sizes of the toy segmenter's pyramid pooling module.")
+flags.DEFINE_integer("seg_input_size", 128, "Network input size of the toy segmenter (images are resampled to it).")
 
 FLAGS = flags.FLAGS
 
@@ -48,3 +52,27 @@ def export_gan(config, state, workdir):
             continue
         save_model(dst, params, meta)
         print(f"exported {dst}")
+
+
+@register("train_segmenter", "Train the toy world's UPerNet segmenter on exact labels (resumable).")
+def run_train_segmenter():
+    from jaxdissect.cli.common import require
+    from jaxdissect.toyworld import world
+    from jaxdissect.training import segmenter
+
+    require("workdir")
+    config = segmenter.SegmenterTrainConfig(
+        depths=tuple(int(d) for d in FLAGS.seg_depths), fpn_dim=FLAGS.seg_fpn_dim,
+        ppm_scales=tuple(int(s) for s in FLAGS.seg_ppm_scales), input_size=FLAGS.seg_input_size,
+        batch_size=FLAGS.train_batch_size, steps=FLAGS.train_steps,
+        learning_rate=FLAGS.learning_rate, seed=FLAGS.train_seed)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    labels_meta = world.label_meta()
+    model, state = segmenter.train(config, FLAGS.workdir,
+                                   lambda key, n: world.render(key, n, config.resolution), labels_meta)
+    dst = os.path.join(FLAGS.workdir, "segmenter")
+    if os.path.exists(dst):
+        print(f"{dst} exists; not exported again")
+        return
+    segmenter.export(config, model, state, dst, labels_meta, "jaxdissect toy world")
+    print(f"exported {dst}")

@@ -1,4 +1,6 @@
 """A whole dissection in one call: statistics, labels, files and the report."""
+import dataclasses
+
 import jax
 
 from jaxdissect.dissection import engine, results
@@ -20,9 +22,15 @@ def dissect(generator, g_params, segmenter, s_params, settings, outdir, run_info
     return results.Dissection(outdir)
 
 
-def relabel(outdir, generator, g_params, settings, run_info=None, report_images=8):
-    """Recomputes labels and the report from saved statistics with new read-out settings."""
+def relabel(outdir, generator, g_params, readout, run_info=None, report_images=8):
+    """Recomputes labels and the report from saved statistics, with the read-out
+    settings in `readout` (e.g. {"rule": "quantile", "min_iou": 0.04}) changed."""
     previous = results.Dissection(outdir)
+    settings = previous.settings()
+    unknown = set(readout) - set(results.READOUT_SETTINGS)
+    if unknown:
+        raise ValueError(f"not read-out settings: {sorted(unknown)}")
+    settings = dataclasses.replace(settings, **readout)
     collected = {layer: results.read_statistics(outdir, layer) for layer in previous.layers}
     summary = results.summarize(collected, settings, previous.labels, previous.categories)
     write_summary_and_report(outdir, summary, generator, g_params, settings, run_info, report_images)

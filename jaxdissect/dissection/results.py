@@ -20,6 +20,9 @@ from jaxdissect.errors import UserError
 from jaxdissect.io import files
 
 RULES = ("iqr", "quantile")
+# Settings that only change how the statistics are read (see `pipeline.relabel`).
+READOUT_SETTINGS = ("rule", "quantile", "iqr_levels", "iqr_smallest_fraction", "iqr_min_agreement",
+                    "min_iou", "min_agreement")
 MEASURES = ("iou", "iqr", "agreement", "threshold", "intersection", "union")
 
 
@@ -104,6 +107,12 @@ class Dissection:
     @property
     def layers(self):
         return list(self.summary["layers"])
+
+    def settings(self):
+        """The `DissectSettings` the dissection was run with."""
+        from jaxdissect.dissection.engine import DissectSettings
+        saved = dict(self.summary["settings"], layers=tuple(self.summary["settings"]["layers"]))
+        return DissectSettings(**saved)
 
     def units(self, layer):
         """Per-unit summaries (label, iou, threshold, top samples ...) of a layer."""

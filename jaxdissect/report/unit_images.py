@@ -49,10 +49,8 @@ def outline(mask):
     return mask & ~interior
 
 
-def annotate(image, activation, threshold, scale=2):
-    """The image with the region activation > threshold outlined and the rest dimmed, upscaled."""
-    image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
-    activation = np.repeat(np.repeat(activation, scale, axis=0), scale, axis=1)
+def annotate(image, activation, threshold):
+    """The image with the region activation > threshold outlined and the rest dimmed."""
     mask = activation > threshold if threshold is not None else np.zeros(activation.shape, bool)
     shown = np.where(mask[..., None], image, (image * 0.55).astype(np.uint8))
     shown[outline(mask)] = OUTLINE

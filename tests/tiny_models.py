@@ -1,0 +1,25 @@
+"""Tiny random model folders (a 16x16 ProGAN and a small flat UPerNet) for fast CLI tests."""
+import jax
+
+from jaxdissect.checkpoint import save_model
+from jaxdissect.models.proggan import ProGAN
+from jaxdissect.segmentation import upernet
+
+TINY_SIZES = (16, 16, 8, 8)
+TINY_LABELS = {"names": ["-", "sky", "grass", "tree", "door"],
+               "categories": ["", "object", "object", "object", "part"]}
+
+
+def write_tiny_generator(dst, seed=0):
+    model = ProGAN(TINY_SIZES)
+    save_model(dst, model.init(jax.random.PRNGKey(seed)), model.meta({"tiny": "random weights for tests"}))
+    return model
+
+
+def write_tiny_segmenter(dst, seed=0):
+    config = upernet.UPerNetConfig("ade20k", depths=(1, 1, 1, 1), stem_width=8, base_width=8, fpn_dim=16,
+                                   n_class=len(TINY_LABELS["names"]))
+    params = upernet.init_params(config, jax.random.PRNGKey(seed), (16, 16))
+    save_model(dst, params, {"kind": "upernet", "config": config.to_json(), "labels": TINY_LABELS,
+                             "source": {"tiny": "random weights for tests"}})
+    return config
