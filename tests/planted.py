@@ -9,6 +9,7 @@ should not.
 """
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -37,7 +38,8 @@ class PlantedGenerator:
         return layer
 
     def _render(self, layer):
-        mask = (layer[..., PLANTED_UNIT] > 1.0).astype(jnp.float32)
+        """Channel 0 is a soft step of the planted unit at 1.0 (differentiable, for the alpha search)."""
+        mask = jax.nn.sigmoid(8.0 * (layer[..., PLANTED_UNIT] - 1.0))
         image = jnp.stack([mask, 1 - mask, jnp.zeros_like(mask)], axis=-1) * 2 - 1
         return jnp.repeat(jnp.repeat(image, 2, axis=1), 2, axis=2)       # (N, 16, 16, 3)
 
@@ -63,3 +65,8 @@ class PlantedSegmenter:
         thing = images[..., 0] > 0
         seg = jnp.where(thing, THING, STUFF).astype(jnp.int32)[:, None]
         return seg[:, :, ::downsample, ::downsample]
+
+    def class_score(self, params, images, class_index, downsample=1):
+        thing = (images[..., ::downsample, ::downsample, 0] + 1) / 2
+        score = jnp.where(class_index == THING, thing, 1 - thing)
+        return score, score > 0.5

@@ -122,8 +122,9 @@ def run_report():
     from jaxdissect.dissection import pipeline, results
     require("outdir")
     settings_from_flags()  # validates the read-out flags
-    if not FLAGS["generator"].present:
-        FLAGS.generator = recorded_flag(FLAGS.outdir, "generator")
+    for name in ("generator", "segmenter"):
+        if not FLAGS[name].present:
+            FLAGS[name].value = recorded_flag(FLAGS.outdir, name)
     generator, g_params = load_generator_flag()
     readout = {name: FLAGS[name].value for name in results.READOUT_SETTINGS if FLAGS[name].present}
     result = pipeline.relabel(FLAGS.outdir, generator, g_params, readout, run_info(), FLAGS.report_images)

@@ -47,9 +47,10 @@ def bar_chart(counts, width=900, bar_height=16):
     return f'<svg width="{width}" height="{height}" role="img">{"".join(rows)}</svg>'
 
 
-def legend():
+def legend(counts):
+    used = {category for _, category, _ in counts}
     return '<div class="legend">' + "".join(
-        f'<span style="background:{c}"></span>{name}' for name, c in CATEGORY_COLOURS.items()) + "</div>"
+        f'<span style="background:{c}"></span>{name}' for name, c in CATEGORY_COLOURS.items() if name in used) + "</div>"
 
 
 def layers_table(summary):
@@ -101,7 +102,7 @@ def render_report(summary, strips_by_layer, run_info):
     sections = []
     for name, layer in summary["layers"].items():
         sections.append(f'<h2 id="{html.escape(name)}">{html.escape(name)}: {layer["interpretable_units"]} of '
-                        f'{layer["units"]} units interpretable</h2>{legend()}'
+                        f'{layer["units"]} units interpretable</h2>{legend(label_counts(layer))}'
                         f'{bar_chart(label_counts(layer))}{unit_cards(layer, strips_by_layer.get(name, {}))}')
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Dissection report</title>'
             f'<style>{STYLE}</style></head><body><h1>GAN dissection report</h1>'

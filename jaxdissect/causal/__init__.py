@@ -1,0 +1,1 @@
+"""Causation: average causal effects of unit sets, the alpha search, and the paper's analyses."""

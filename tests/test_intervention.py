@@ -1,0 +1,202 @@
+"""Interventions, ACE and the alpha search against brute force and a planted causal unit."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdissect.causal import ace, search
+from jaxdissect.intervention import Intervention, ablate, identity, insert, unit_indicator
+from jaxdissect.models.proggan import ProGAN
+
+sys.path.insert(0, os.path.dirname(__file__))
+import planted  # noqa: E402
+
+SIZES = (16, 16, 16, 8, 8)  # 32x32 output; layer4 is 8x8
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    gen = ProGAN(SIZES)
+    params = gen.init(jax.random.PRNGKey(0))
+    z = jax.random.normal(jax.random.PRNGKey(1), (3, SIZES[0]))
+    return gen, params, z
+
+
+def test_empty_set_and_zero_mask_are_the_identity(tiny):
+    gen, params, z = tiny
+    plain, _ = gen(params, z)
+    for edit in (identity(16), ablate(jnp.zeros(16)), ablate(jnp.ones(16), jnp.zeros((3, 8, 8))),
+                 insert(jnp.ones(16), 5.0 * jnp.ones(16), jnp.zeros((8, 8)))):
+        edited, _ = gen(params, z, edits={"layer4": edit})
+        np.testing.assert_array_equal(edited, plain)
+
+
+def test_indicator_alpha_is_the_discrete_edit(tiny):
+    gen, params, z = tiny
+    r = np.asarray(gen.h(params, z, "layer4")["layer4"])
+    units = [2, 5, 11]
+    mask = np.zeros((3, 8, 8), np.float32)
+    mask[:, 2:5, 1:7] = 1
+    value = np.arange(16, dtype=np.float32) + 0.5
+    expect_ablated, expect_inserted = r.copy(), r.copy()
+    for u in units:
+        expect_ablated[..., u] = np.where(mask > 0, 0.0, r[..., u])
+        expect_inserted[..., u] = np.where(mask > 0, value[u], r[..., u])
+    alpha = unit_indicator(units, 16)
+    np.testing.assert_array_equal(ablate(alpha, mask)(jnp.asarray(r)), expect_ablated)
+    np.testing.assert_array_equal(insert(alpha, value, mask)(jnp.asarray(r)), expect_inserted)
+
+
+def affected_region(gen, layer, cell):
+    """Pixels of the image a change at one cell of `layer` can reach, by propagating through the blocks."""
+    start = gen.layer_index(layer) + 1
+    spec = gen.specs[start - 1]
+    region = np.zeros((spec.resolution, spec.resolution), bool)
+    region[cell] = True
+    for s in gen.specs[start:]:
+        if s.upsample:
+            region = region.repeat(2, axis=0).repeat(2, axis=1)
+        for _ in range(s.padding):  # a k x k conv with padding (k-1)/2 spreads by one cell per padding step
+            grown = region.copy()
+            grown[1:] |= region[:-1]
+            grown[:-1] |= region[1:]
+            grown[:, 1:] |= grown[:, :-1].copy()
+            grown[:, :-1] |= grown[:, 1:].copy()
+            region = grown
+    return region
+
+
+def test_insertion_at_one_position_changes_only_its_receptive_field(tiny):
+    gen, params, z = tiny
+    mask = np.zeros((8, 8), np.float32)
+    mask[3, 5] = 1
+    plain, _ = gen(params, z)
+    edited, _ = gen(params, z, edits={"layer4": insert(jnp.ones(16), 4.0 * jnp.ones(16), mask)})
+    changed = np.any(np.abs(np.asarray(edited) - np.asarray(plain)) > 0, axis=(0, 3))
+    region = affected_region(gen, "layer4", (3, 5))
+    assert changed.any() and not (changed & ~region).any()
+    assert changed.sum() > 0.5 * region.sum()
+
+
+def test_edits_vmap_over_unit_sets_without_recompiling(tiny):
+    gen, params, z = tiny
+    traces = {"n": 0}
+
+    @jax.jit
+    def render(alpha):
+        traces["n"] += 1
+        return gen(params, z, edits={"layer4": ablate(alpha)})[0]
+    sets = jnp.stack([unit_indicator([u], 16) for u in range(4)])
+    singles = [render(sets[i]) for i in range(4)]
+    assert traces["n"] == 1  # changing the unit set does not retrace
+    batched = jax.vmap(render)(sets)
+    for i in range(4):
+        np.testing.assert_allclose(batched[i], singles[i], atol=1e-5)
+
+
+def test_edits_at_two_layers_compose(tiny):
+    gen, params, z = tiny
+    e4 = ablate(unit_indicator([1, 2], 16))
+    e6 = insert(unit_indicator([0], 8), jnp.full(8, 3.0))
+    both, _ = gen(params, z, edits={"layer4": e4, "layer6": e6})
+    r4 = e4(gen.h(params, z, "layer4")["layer4"])
+    _, captured = gen.f(params, r4, "layer4", capture=("layer6",))
+    manual = gen.f(params, e6(captured["layer6"]), "layer6")
+    np.testing.assert_allclose(both, manual, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def planted_world():
+    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+    return gen, gen.init(), seg
+
+
+def brute_force_ace(gen, params, seg, alpha, value, class_index, z):
+    """The ACE with explicit loops over samples, cells and pixels (numpy)."""
+    r = np.asarray(gen.h(params, z, ("layer",))["layer"])
+    ins_sum = ins_n = abl_sum = abl_n = 0.0
+    for n in range(len(z)):
+        image = gen.f(params, jnp.asarray(r[n:n + 1]), "layer")
+        _, pixels = seg.class_score(None, image, class_index)
+        pixels = np.asarray(pixels[0])                      # 16x16, cells are 2x2 pixel blocks
+        present = np.zeros((8, 8))
+        for i in range(8):
+            for j in range(8):
+                present[i, j] = pixels[2 * i:2 * i + 2, 2 * j:2 * j + 2].mean() > 0.5
+        ablated, inserted = r[n].copy(), r[n].copy()
+        for i in range(8):
+            for j in range(8):
+                for u in range(r.shape[-1]):
+                    if present[i, j]:
+                        ablated[i, j, u] *= 1 - alpha[u]
+                    else:
+                        inserted[i, j, u] = (1 - alpha[u]) * inserted[i, j, u] + alpha[u] * value[u]
+        s_abl = np.asarray(seg.class_score(None, gen.f(params, jnp.asarray(ablated[None]), "layer"), class_index)[0][0])
+        s_ins = np.asarray(seg.class_score(None, gen.f(params, jnp.asarray(inserted[None]), "layer"), class_index)[0][0])
+        for y in range(16):
+            for x in range(16):
+                if present[y // 2, x // 2]:
+                    abl_sum, abl_n = abl_sum + s_abl[y, x], abl_n + 1
+                else:
+                    ins_sum, ins_n = ins_sum + s_ins[y, x], ins_n + 1
+    return ins_sum / ins_n - abl_sum / abl_n
+
+
+def test_ace_equals_brute_force(planted_world):
+    gen, params, seg = planted_world
+    z = jax.random.normal(jax.random.PRNGKey(3), (4, planted.LATENT))
+    alpha = np.array([0.0, 0.3, 0.0, 1.0, 0.5, 0.0], np.float32)
+    value = np.full(planted.UNITS, 2.0, np.float32)
+    got = ace.causal_effect(gen, params, seg, None, "layer", jnp.asarray(alpha), jnp.asarray(value),
+                            planted.THING, z)
+    np.testing.assert_allclose(float(got["ace"]), brute_force_ace(gen, params, seg, alpha, value, planted.THING, z),
+                               rtol=1e-5)
+    assert float(got["ace"]) > 0.8  # the planted unit really draws the class
+
+
+def test_alpha_search_recovers_the_planted_unit(planted_world, tmp_path):
+    gen, params, seg = planted_world
+    settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=40, batch_size=8,
+                                          learning_rate=0.05, l2=0.01, checkpoint_every=20)
+    alpha = search.search(gen, params, seg, None, settings, np.full(planted.UNITS, 2.0),
+                          search.initial_alpha(np.zeros(planted.UNITS), "constant"), str(tmp_path))
+    assert search.ranking(alpha)[0] == planted.PLANTED_UNIT
+    assert alpha[planted.PLANTED_UNIT] > 0.9
+    assert np.all(np.delete(alpha, planted.PLANTED_UNIT) < 0.45)
+
+
+DEVICE_SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+import jax, planted
+from jaxdissect.causal import search
+assert jax.device_count() == {devices}
+gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
+                                      learning_rate=0.05, l2=0.01)
+alpha = search.search(gen, gen.init(), seg, None, settings, np.full(planted.UNITS, 2.0),
+                      np.linspace(0.2, 0.7, planted.UNITS), {workdir!r})
+np.save({out!r}, alpha)
+"""
+
+
+def test_alpha_search_same_on_one_and_eight_devices(tmp_path):
+    alphas = []
+    for devices in (1, 8):
+        out = tmp_path / f"alpha{devices}.npy"
+        script = DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), devices=devices,
+                                      workdir=str(tmp_path / f"w{devices}"), out=str(out))
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True)
+        alphas.append(np.load(out))
+    np.testing.assert_allclose(alphas[0], alphas[1], atol=1e-6)
+
+
+def test_intervention_is_a_pytree():
+    edit = insert(unit_indicator([0], 3), jnp.ones(3), jnp.ones((2, 2)))
+    leaves = jax.tree.leaves(edit)
+    assert len(leaves) == 3 and isinstance(edit, Intervention)
