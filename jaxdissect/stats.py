@@ -3,17 +3,19 @@ jitted, batch-sharded reductions.
 
 Two states cover everything dissection needs:
 
-* `RangeStats` (pass 1, featuremaps only): each unit's min and max and its
-  top-k samples by peak activation.
-* `JointStats` (pass 2, featuremaps upsampled to the segmentation and the
+* `RangeStats` (featuremaps only): each unit's min and max and its top-k
+  samples by peak activation.
+* `JointStats` (featuremaps upsampled to the segmentation, and the
   segmentation): for every unit, a histogram of its activation over `bins`
-  equal-width bins spanning [min, max] from pass 1, both over all pixels
-  (`marginal`) and over the pixels of each class (`joint`); per-class pixel
-  counts; per (unit, class) activation sums.
+  equal-width bins spanning a fixed range [lo, hi] (values outside fall in
+  the end bins), both over all pixels (`marginal`) and over the pixels of
+  each class (`joint`); per-class pixel counts; per (unit, class) activation
+  sums.
 
-Every threshold the method needs is a bin edge, so counts of `act >= edge`
-follow exactly from suffix sums of the histograms, whatever the sample count;
-memory is O(units * classes * bins). Updates run under `shard_map` over the
+Every threshold the method needs is a bin edge in [lo, hi], and "act >= edge"
+is exactly "bin >= j", so counts at every threshold follow exactly from
+suffix sums of the histograms, whatever the sample count; memory is
+O(units * classes * bins). Updates run under `shard_map` over the
 mesh's batch axis: each device reduces its own rows, then a psum / pmax /
 all-gather combines them, so 1 or 8 devices give identical integer counts.
 """
@@ -36,6 +38,8 @@ class RangeStats(NamedTuple):
 
 
 class JointStats(NamedTuple):
+    lo: jax.Array           # (U,) float32: lower end of the binned range
+    hi: jax.Array           # (U,) upper end
     joint: jax.Array        # (U, C, B) int32: pixels of class c with act in bin b
     marginal: jax.Array     # (U, B) int32: pixels with act in bin b
     class_pixels: jax.Array  # (C,) int32: pixels carrying class c (any label channel)
@@ -48,8 +52,14 @@ def range_init(units, top_k):
                       jnp.full((top_k, units), -jnp.inf), jnp.full((top_k, units), -1, jnp.int32))
 
 
-def joint_init(units, classes, bins):
-    return JointStats(jnp.zeros((units, classes, bins), jnp.int32), jnp.zeros((units, bins), jnp.int32),
+def joint_init(lo, hi, classes, bins):
+    """Empty histograms over `bins` equal bins of [lo, hi] (per unit).
+
+    lo and hi are copied: updates donate the state's buffers.
+    """
+    lo, hi = jnp.array(lo, jnp.float32, copy=True), jnp.array(hi, jnp.float32, copy=True)
+    units = lo.shape[0]
+    return JointStats(lo, hi, jnp.zeros((units, classes, bins), jnp.int32), jnp.zeros((units, bins), jnp.int32),
                       jnp.zeros((classes,), jnp.int32), jnp.zeros((units, classes), jnp.float32),
                       jnp.zeros((), jnp.int32))
 
@@ -103,7 +113,7 @@ def _range_increment(state, acts, sample_index):
     return RangeStats(minimum, maximum, top_value.T, top_index.T)
 
 
-def _joint_increment(state, acts, seg, sample_index, lo, hi):
+def _joint_increment(state, acts, seg, sample_index):
     """Local pass-2 histograms of upsampled acts (n, h, w, U) against labels (n, K, h, w).
 
     Rows with sample_index < 0 are padding and count zero. Label 0 means "no
@@ -112,7 +122,7 @@ def _joint_increment(state, acts, seg, sample_index, lo, hi):
     units, classes, bins = state.joint.shape
     acts = acts.astype(jnp.float32)
     labels = distinct_labels(seg)                                                  # (n, h, w, K)
-    b = bin_index(acts, lo, hi, bins)                                              # (n, h, w, U)
+    b = bin_index(acts, state.lo, state.hi, bins)                                  # (n, h, w, U)
     valid = (sample_index >= 0).astype(jnp.int32)[:, None, None]                  # (n, 1, 1)
     weight = jnp.broadcast_to(valid[..., None], b.shape)                           # (n, h, w, U)
     labelled = valid[..., None] * (labels > 0)                                     # (n, h, w, K)
@@ -125,11 +135,11 @@ def _joint_increment(state, acts, seg, sample_index, lo, hi):
     onehot = jax.nn.one_hot(labels, classes, dtype=jnp.float32) * labelled[..., None]
     onehot = jnp.sum(onehot, axis=-2)                                              # (n, h, w, C)
     act_sum = jnp.einsum("nhwu,nhwc->uc", acts, onehot, precision=jax.lax.Precision.HIGHEST)
-    increment = JointStats(joint.reshape(units, classes, bins), marginal.reshape(units, bins),
-                           jnp.sum(onehot, axis=(0, 1, 2)).astype(jnp.int32), act_sum,
-                           jnp.sum(weight[..., 0]))
-    increment = jax.lax.psum(increment, parallel.BATCH)
-    return jax.tree.map(jnp.add, state, increment)
+    counts = (joint.reshape(units, classes, bins), marginal.reshape(units, bins),
+              jnp.sum(onehot, axis=(0, 1, 2)).astype(jnp.int32), act_sum, jnp.sum(weight[..., 0]))
+    counts = jax.lax.psum(counts, parallel.BATCH)
+    totals = jax.tree.map(jnp.add, tuple(state)[2:], counts)
+    return JointStats(state.lo, state.hi, *totals)
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,6 +158,6 @@ def range_update(state, acts, sample_index):
     return _sharded(_range_increment, 2)(state, acts, sample_index)
 
 
-def joint_update(state, acts, seg, sample_index, lo, hi):
+def joint_update(state, acts, seg, sample_index):
     """Folds upsampled featuremaps (N, h, w, U) and segmentations (N, K, h, w) into `state`."""
-    return _sharded(_joint_increment, 3)(state, acts, seg, sample_index, lo, hi)
+    return _sharded(_joint_increment, 3)(state, acts, seg, sample_index)

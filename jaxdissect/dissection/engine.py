@@ -1,10 +1,12 @@
-"""Runs a dissection: two streaming passes over generated samples, resumable.
+"""Runs a dissection: one streaming pass over generated samples, resumable.
 
-Pass 1 (generator only) finds each unit's activation range and its top-k
-samples; pass 2 (generator and segmenter) histograms every unit's upsampled
-activation against every class over bins spanning that range. Both passes
-fold batches into fixed-shape states (jaxdissect.stats), so memory does not
-grow with the sample count, and checkpoint them so a killed run resumes.
+A short calibration (the generator alone on the first
+`calibration_samples` samples) fixes each unit's histogram range [lo, hi]
+(its observed min and max there). The main pass then runs generator and
+segmenter on every sample and folds each batch into fixed-shape states
+(jaxdissect.stats): every unit's range and top-k samples, and histograms of
+its upsampled activation against every class. Memory does not grow with the
+sample count, and the states are checkpointed so a killed run resumes.
 
 The generator is any hashable object with `latent_size`, `h(params, z,
 layers)` and `__call__(params, z, capture=layers)` (a `ProGAN`); the
@@ -27,7 +29,7 @@ from jaxdissect.segmentation.resample import resize_bilinear
 from jaxdissect.training.loop import Checkpoints
 
 # Settings that change the statistics; the others only change how they are read.
-STATISTICS_SETTINGS = ("layers", "samples", "seed", "downsample", "bins", "top_k")
+STATISTICS_SETTINGS = ("layers", "samples", "seed", "downsample", "bins", "top_k", "calibration_samples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,7 @@ class DissectSettings:
     downsample: int = 1
     bins: int = 256
     top_k: int = 12
+    calibration_samples: int = 512
     rule: str = "iqr"
     quantile: float = 0.99
     iqr_levels: int = 100
@@ -61,12 +64,13 @@ def _featuremaps_fn(generator, layers):
 
 @functools.lru_cache(maxsize=None)
 def _labelled_featuremaps_fn(generator, segmenter, layers, downsample):
-    """(g_params, s_params, z) -> ({layer: featuremap upsampled to the segmentation}, labels)."""
+    """(g_params, s_params, z) -> ({layer: featuremap upsampled to the segmentation}, labels, {layer: featuremap})."""
     def fn(g_params, s_params, z):
         images, maps = generator(g_params, z, capture=layers)
         seg = segmenter.segment(s_params, images, downsample)
         size = seg.shape[2:]
-        return {name: resize_bilinear(maps[name].astype(jnp.float32), size) for name in layers}, seg
+        upsampled = {name: resize_bilinear(maps[name].astype(jnp.float32), size) for name in layers}
+        return upsampled, seg, maps
     return jax.jit(fn)
 
 
@@ -105,7 +109,7 @@ class _Run:
 
 
 def collect_statistics(generator, g_params, segmenter, s_params, settings, outdir, model_ids=None):
-    """Runs (or resumes) both passes; returns {layer: (RangeStats, JointStats)} as numpy."""
+    """Runs (or resumes) calibration and the main pass; returns {layer: (RangeStats, JointStats)} as numpy."""
     layers = tuple(settings.layers)
     if settings.batch_size % parallel.batch_multiple():
         raise UserError(f"--batch_size={settings.batch_size} must be a multiple of the "
@@ -119,65 +123,70 @@ def collect_statistics(generator, g_params, segmenter, s_params, settings, outdi
     if pixels >= 2 ** 31:
         raise UserError(f"{settings.samples} samples at {seg_shape[2]}x{seg_shape[3]} pixels exceed the "
                         "int32 pixel counters; use fewer --samples or a larger --downsample")
-    classes = len(segmenter.labels)
+    units = {name: shapes[name].shape[-1] for name in layers}
     state = {"phase": jnp.int32(1), "next_sample": jnp.int32(0),
-             "range": {name: stats.range_init(shapes[name].shape[-1], settings.top_k) for name in layers},
-             "joint": {name: stats.joint_init(shapes[name].shape[-1], classes, settings.bins) for name in layers}}
+             "calibration": {name: stats.range_init(units[name], 1) for name in layers},
+             "range": {name: stats.range_init(units[name], settings.top_k) for name in layers},
+             "joint": {name: stats.joint_init(jnp.zeros(units[name]), jnp.ones(units[name]),
+                                              len(segmenter.labels), settings.bins) for name in layers}}
     run = _Run(outdir, settings.statistics_key(model_ids or {}))
-    state = run.restore(state)
-    state = jax.device_put(state, parallel.replicated())
+    state = jax.device_put(run.restore(state), parallel.replicated())
     if int(state["phase"]) == 1:
-        state = _range_pass(generator, g_params, settings, state, run)
+        state = _calibration_pass(generator, g_params, settings, state, run)
     if int(state["phase"]) == 2:
-        state = _joint_pass(generator, g_params, segmenter, s_params, settings, state, run)
+        state = _main_pass(generator, g_params, segmenter, s_params, settings, state, run)
     return {name: (jax.tree.map(parallel.to_host, state["range"][name]),
                    jax.tree.map(parallel.to_host, state["joint"][name])) for name in layers}
 
 
-def _passes(settings, state, run, label, step):
-    """Calls `step(state, z, index)` over the remaining batches of the current phase."""
+def _passes(settings, state, run, label, samples, step, latent_size):
+    """Calls `step(state, z, index)` over the remaining batches of samples [0, samples)."""
     start = int(state["next_sample"])
-    progress = Progress(label, settings.samples, start=start)
+    progress = Progress(label, samples, start=start)
     batches = 0
-    while start < settings.samples:
-        z, index = sample_batch(settings.seed, start, settings.batch_size, settings.samples,
-                                step.latent_size)
+    while start < samples:
+        z, index = sample_batch(settings.seed, start, settings.batch_size, samples, latent_size)
         state = step(state, z, index)
-        start = min(start + settings.batch_size, settings.samples)
+        start = min(start + settings.batch_size, samples)
         state["next_sample"] = jnp.int32(start)
         progress.update(start)
         batches += 1
-        if batches % settings.checkpoint_every == 0 and start < settings.samples:
+        if batches % settings.checkpoint_every == 0 and start < samples:
             run.save(state)
     return state
 
 
-def _range_pass(generator, g_params, settings, state, run):
+def _calibration_pass(generator, g_params, settings, state, run):
+    """Fixes every unit's histogram range from the first calibration samples."""
     featuremaps = _featuremaps_fn(generator, tuple(settings.layers))
 
     def step(state, z, index):
         maps = featuremaps(g_params, z)
-        state["range"] = {name: stats.range_update(state["range"][name], maps[name], index)
-                          for name in settings.layers}
+        state["calibration"] = {name: stats.range_update(state["calibration"][name], maps[name], index)
+                                for name in settings.layers}
         return state
-    step.latent_size = generator.latent_size
-    state = _passes(settings, state, run, "pass 1/2 (unit ranges)", step)
+    samples = min(settings.calibration_samples, settings.samples)
+    state = _passes(settings, state, run, "calibration (unit ranges)", samples, step, generator.latent_size)
+    state["joint"] = {name: stats.joint_init(state["calibration"][name].minimum,
+                                             state["calibration"][name].maximum,
+                                             state["joint"][name].joint.shape[1], settings.bins)
+                      for name in settings.layers}
     state.update(phase=jnp.int32(2), next_sample=jnp.int32(0))
     run.save(state)
     return state
 
 
-def _joint_pass(generator, g_params, segmenter, s_params, settings, state, run):
+def _main_pass(generator, g_params, segmenter, s_params, settings, state, run):
     labelled = _labelled_featuremaps_fn(generator, segmenter, tuple(settings.layers), settings.downsample)
 
     def step(state, z, index):
-        maps, seg = labelled(g_params, s_params, z)
-        state["joint"] = {name: stats.joint_update(state["joint"][name], maps[name], seg, index,
-                                                   state["range"][name].minimum, state["range"][name].maximum)
-                          for name in settings.layers}
+        maps, seg, raw = labelled(g_params, s_params, z)
+        for name in settings.layers:
+            state["range"][name] = stats.range_update(state["range"][name], raw[name], index)
+            state["joint"][name] = stats.joint_update(state["joint"][name], maps[name], seg, index)
         return state
-    step.latent_size = generator.latent_size
-    state = _passes(settings, state, run, "pass 2/2 (unit-class histograms)", step)
+    state = _passes(settings, state, run, "dissection (units x classes)", settings.samples, step,
+                    generator.latent_size)
     state.update(phase=jnp.int32(3))
     run.save(state)
     return state

@@ -76,7 +76,7 @@ def _xlogy(x, y):
     return np.where(x > 0, x * np.log(np.where(x > 0, y, 1.0)), 0.0)
 
 
-def quantile_rule(stats, lo, hi, quantile):
+def quantile_rule(stats, quantile):
     """Per unit threshold at its top `quantile` (e.g. 0.99: top 1%), independent of the class."""
     total = int(stats.pixels)
     bins = stats.marginal.shape[1]
@@ -84,7 +84,7 @@ def quantile_rule(stats, lo, hi, quantile):
     above, both = counts_at(stats, j)                                               # (U,), (U, C)
     s = np.asarray(stats.class_pixels, np.int64)[None, :]
     above = above[:, None]
-    threshold = np.take_along_axis(threshold_values(lo, hi, bins), j[:, None], axis=1)
+    threshold = np.take_along_axis(threshold_values(stats.lo, stats.hi, bins), j[:, None], axis=1)
     return {"threshold": np.broadcast_to(threshold, both.shape).copy(),
             "intersection": both, "union": above + s - both,
             "iou": iou(both, above, s), "iqr": information_quality_ratio(both, above, s, total),
@@ -96,7 +96,7 @@ def iqr_levels(levels, smallest_fraction):
     return np.logspace(np.log10(smallest_fraction), 0.0, levels)
 
 
-def iqr_rule(stats, lo, hi, levels=100, smallest_fraction=1e-3, min_agreement=0.8):
+def iqr_rule(stats, levels=100, smallest_fraction=1e-3, min_agreement=0.8):
     """Per (unit, class) threshold maximising IQR over the unit's upper-tail levels.
 
     A level is eligible where its threshold is > 0 and the unit agrees with
@@ -109,7 +109,7 @@ def iqr_rule(stats, lo, hi, levels=100, smallest_fraction=1e-3, min_agreement=0.
     above, both = counts_at(stats, j)                                                # (U, L), (U, C, L)
     s = np.asarray(stats.class_pixels, np.int64)[None, :, None]
     above = above[:, None, :]
-    value = np.take_along_axis(threshold_values(lo, hi, bins), j, axis=1)[:, None, :]  # (U, 1, L)
+    value = np.take_along_axis(threshold_values(stats.lo, stats.hi, bins), j, axis=1)[:, None, :]  # (U, 1, L)
     ratio = information_quality_ratio(both, above, s, total)
     agree = agreement(both, above, s, total)
     eligible = (agree > min_agreement) & (value > 0)

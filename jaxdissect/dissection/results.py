@@ -26,20 +26,20 @@ READOUT_SETTINGS = ("rule", "quantile", "iqr_levels", "iqr_smallest_fraction", "
 MEASURES = ("iou", "iqr", "agreement", "threshold", "intersection", "union")
 
 
-def rule_matrices(range_stats, joint_stats, settings):
+def rule_matrices(joint_stats, settings):
     """{rule: {measure: (U, C) array}} for both threshold rules."""
-    lo, hi = range_stats.minimum, range_stats.maximum
-    return {"iqr": measures.iqr_rule(joint_stats, lo, hi, settings.iqr_levels,
-                                     settings.iqr_smallest_fraction, settings.iqr_min_agreement),
-            "quantile": measures.quantile_rule(joint_stats, lo, hi, settings.quantile)}
+    return {"iqr": measures.iqr_rule(joint_stats, settings.iqr_levels, settings.iqr_smallest_fraction,
+                                     settings.iqr_min_agreement),
+            "quantile": measures.quantile_rule(joint_stats, settings.quantile)}
 
 
 def write_statistics(outdir, collected, settings):
     """Writes stats/LAYER.npz for every layer (raw statistics and both rules' matrices)."""
     os.makedirs(os.path.join(outdir, "stats"), exist_ok=True)
     for layer, (range_stats, joint_stats) in collected.items():
-        arrays = {**range_stats._asdict(), **joint_stats._asdict()}
-        for rule, matrices in rule_matrices(range_stats, joint_stats, settings).items():
+        arrays = {**range_stats._asdict(), **{f"bin_{k}" if k in ("lo", "hi") else k: v
+                                              for k, v in joint_stats._asdict().items()}}
+        for rule, matrices in rule_matrices(joint_stats, settings).items():
             arrays.update({f"{rule}_{m}": matrices[m] for m in MEASURES})
         files.save_npz(os.path.join(outdir, "stats", f"{layer}.npz"), arrays, compressed=True)
 
@@ -51,7 +51,7 @@ def read_statistics(outdir, layer):
         raise UserError(f"{path}: no statistics for layer {layer!r}; run --mode=dissect first")
     with np.load(path) as data:
         return (stats.RangeStats(*(data[f] for f in stats.RangeStats._fields)),
-                stats.JointStats(*(data[f] for f in stats.JointStats._fields)))
+                stats.JointStats(*(data[f"bin_{f}" if f in ("lo", "hi") else f] for f in stats.JointStats._fields)))
 
 
 def summarize(collected, settings, label_names, categories):
@@ -59,7 +59,7 @@ def summarize(collected, settings, label_names, categories):
     layers = {}
     class_fraction = None
     for layer, (range_stats, joint_stats) in collected.items():
-        rules = rule_matrices(range_stats, joint_stats, settings)
+        rules = rule_matrices(joint_stats, settings)
         best = measures.best_labels(rules[settings.rule], settings.min_iou, settings.min_agreement)
         units = []
         for u in range(len(best["label"])):
