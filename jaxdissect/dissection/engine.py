@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxdissect import parallel, stats
 from jaxdissect.errors import UserError
+from jaxdissect.io import files
 from jaxdissect.progress import Progress
 from jaxdissect.segmentation.resample import resize_bilinear
 from jaxdissect.training.loop import Checkpoints
@@ -96,16 +97,16 @@ class _Run:
                     raise UserError(f"{outdir} holds a different dissection (other models or settings); "
                                     "use a new --outdir")
         elif jax.process_index() == 0:
-            os.makedirs(outdir, exist_ok=True)
-            with open(self.key_path, "w") as f:
-                json.dump(key, f, indent=1)
+            files.save_json(self.key_path, key)
         self.checkpoints = Checkpoints(outdir)
 
     def restore(self, template):
         return self.checkpoints.restore(template)
 
     def save(self, state):
-        self.checkpoints.save(int(state["phase"]) * (1 << 30) + int(state["next_sample"]), state)
+        state["saves"] = state["saves"] + 1
+        # Every leaf global and replicated, so that all processes write one checkpoint together.
+        self.checkpoints.save(int(state["saves"]), jax.device_put(state, parallel.replicated()))
 
 
 def collect_statistics(generator, g_params, segmenter, s_params, settings, outdir, model_ids=None):
@@ -124,7 +125,7 @@ def collect_statistics(generator, g_params, segmenter, s_params, settings, outdi
         raise UserError(f"{settings.samples} samples at {seg_shape[2]}x{seg_shape[3]} pixels exceed the "
                         "int32 pixel counters; use fewer --samples or a larger --downsample")
     units = {name: shapes[name].shape[-1] for name in layers}
-    state = {"phase": jnp.int32(1), "next_sample": jnp.int32(0),
+    state = {"phase": jnp.int32(1), "next_sample": jnp.int32(0), "saves": jnp.int32(0),
              "calibration": {name: stats.range_init(units[name], 1) for name in layers},
              "range": {name: stats.range_init(units[name], settings.top_k) for name in layers},
              "joint": {name: stats.joint_init(jnp.zeros(units[name]), jnp.ones(units[name]),

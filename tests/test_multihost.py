@@ -1,0 +1,64 @@
+"""Dissection and the alpha search in 2 jax.distributed processes (2 CPU devices each, gloo
+collectives on 127.0.0.1) give the results of a single process."""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+WORKER = """
+import sys
+process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+import jax
+if port != "single":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process_id)
+sys.path.insert(0, {tests!r})
+import numpy as np, planted
+from jaxdissect.causal import search
+from jaxdissect.dissection import engine
+gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5,
+                                  checkpoint_every=2)
+(rs, js), = engine.collect_statistics(gen, gen.init(), seg, None, settings, workdir + "/dissect").values()
+alpha = search.search(gen, gen.init(), seg, None,
+                      search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
+                                                 learning_rate=0.05),
+                      np.full(planted.UNITS, 2.0), np.linspace(0.2, 0.7, planted.UNITS), workdir + "/ace")
+if process_id == 0:
+    np.savez(workdir + "/result.npz", alpha=alpha, **rs._asdict(), **js._asdict())
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run_workers(workdir, processes, devices_per_process):
+    script = WORKER.format(tests=TESTS)
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+    port = free_port() if processes > 1 else "single"
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(i), port, str(workdir)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(processes)]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, output[-3000:]
+    return dict(np.load(workdir / "result.npz"))
+
+
+def test_two_processes_equal_one(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = run_workers(tmp_path / "one", 1, 1)
+    two = run_workers(tmp_path / "two", 2, 2)
+    for key in one:
+        if key in ("act_sum", "alpha"):
+            np.testing.assert_allclose(one[key], two[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(one[key], two[key], err_msg=key)
