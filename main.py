@@ -7,15 +7,17 @@ import sys
 from absl import app, flags, logging
 
 from jaxdissect import cli
-from jaxdissect.cli import all_modes  # noqa: F401  (registers the modes and their flags)
+from jaxdissect.cli import all_modes, common  # noqa: F401  (registers the modes and their flags)
 from jaxdissect.errors import UserError
 
 flags.DEFINE_string("mode", None, "What to run; one of the modes listed in --help.")
 FLAGS = flags.FLAGS
+for _module in [common] + [sys.modules[run.__module__] for _, run in cli.MODES.values()]:
+    flags.adopt_module_key_flags(_module)  # so that --help lists every mode's flags
 
 
 def mode_list():
-    return "\n".join(f"  {name:10s} {text}" for name, (text, _) in sorted(cli.MODES.items()))
+    return "\n".join(f"  {name:16s} {text}" for name, (text, _) in sorted(cli.MODES.items()))
 
 
 def main(argv):
@@ -27,6 +29,7 @@ def main(argv):
         print(f"error: unknown --mode={FLAGS.mode}; valid modes:\n{mode_list()}", file=sys.stderr)
         return 2
     try:
+        common.init_distributed()
         cli.MODES[FLAGS.mode][1]()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -65,3 +65,30 @@ def _set_flags():
 
 def _jsonable(value):
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+flags.DEFINE_string("coordinator", None, "Multi-host: address:port of process 0's coordinator (e.g. 10.0.0.1:1234). "
+                    "With --num_processes and --process_id; on TPU VMs and SLURM use --distributed=auto instead.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (hosts) in the run.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0 .. num_processes-1.")
+flags.DEFINE_enum("distributed", "off", ["off", "auto", "manual"],
+                  "Multi-host: 'auto' lets JAX detect the cluster (TPU VM slices, SLURM); 'manual' uses "
+                  "--coordinator/--num_processes/--process_id (set implicitly when --coordinator is given).")
+
+
+def init_distributed():
+    """Joins the multi-host run the flags describe (before any JAX computation)."""
+    import jax
+    mode = "manual" if FLAGS.coordinator and FLAGS.distributed == "off" else FLAGS.distributed
+    if mode == "off":
+        return
+    if mode == "auto":
+        jax.distributed.initialize()
+        return
+    require("coordinator", "num_processes", "process_id")
+    if not 0 <= FLAGS.process_id < FLAGS.num_processes:
+        raise UserError(f"--process_id={FLAGS.process_id}: must be in 0 .. {FLAGS.num_processes - 1}")
+    if jax.config.jax_platforms in (None, "", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts need a collectives backend
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator, num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
