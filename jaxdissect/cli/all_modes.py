@@ -4,3 +4,4 @@ from jaxdissect.cli import generate  # noqa: F401
 from jaxdissect.cli import train_toy  # noqa: F401
 from jaxdissect.cli import segment  # noqa: F401
 from jaxdissect.cli import dissect  # noqa: F401
+from jaxdissect.cli import paint  # noqa: F401

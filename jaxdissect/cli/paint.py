@@ -1,0 +1,79 @@
+"""--mode=paint: GAN Paint, a local web page to paint concepts onto generated images.
+
+    python main.py --mode=paint --flagfile=configs/toy.cfg      # paints with the toy dissection
+    python main.py --mode=paint --dissection=runs/toy --port=8080
+
+Concepts come from the dissection folder (see jaxdissect.paint.concepts);
+the generator and seed default to the ones the dissection ran with, so
+sample i on the page is sample i of its report. Needs the `paint` extra
+(pip install -e '.[paint]').
+"""
+import socket
+
+from absl import flags
+
+from jaxdissect.cli import register
+from jaxdissect.cli.common import FLAGS
+from jaxdissect.cli.dissect import load_generator_flag, recorded_flag
+from jaxdissect.errors import UserError
+
+if "dissection" not in FLAGS:  # the causal modes define the same flag
+    flags.DEFINE_string("dissection", None, "A finished dissection folder (default: --outdir, so the "
+                        "dissection's flagfile works as is).")
+flags.DEFINE_string("paint_layer", None, "paint: layer of the concepts taken from the dissection's IoU "
+                    "ranking (default: its first dissected layer); ace/*/ace.json concepts keep their own.")
+flags.DEFINE_integer("paint_units", 20, "paint: units per concept taken from the IoU ranking (the paper: 20).")
+flags.DEFINE_integer("max_strokes", 64, "paint: most strokes one render takes (more is refused; the renderer "
+                     "is compiled for exactly this many).")
+flags.DEFINE_string("host", "127.0.0.1", "paint: address to listen on (127.0.0.1: this machine only).")
+flags.DEFINE_integer("port", 8000, "paint: port to listen on (0: any free port).")
+flags.DEFINE_integer("max_connections", 64, "paint: concurrent connections before the server answers 503.")
+
+
+@register("paint", "GAN Paint: a local web page to paint concepts onto generated images.")
+def run_paint():
+    try:
+        import uvicorn
+
+        from jaxdissect.paint.server import create_app
+    except ImportError as e:
+        raise UserError(f"--mode=paint needs the 'paint' extra: pip install -e '.[paint]' ({e})") from None
+    from jaxdissect.paint.concepts import load_concepts
+    outdir = FLAGS.dissection or FLAGS.outdir
+    if not outdir:
+        raise UserError("--dissection is required for --mode=paint (a finished dissection folder)")
+    checks = [("paint_units", FLAGS.paint_units >= 1), ("max_strokes", FLAGS.max_strokes >= 1),
+              ("port", 0 <= FLAGS.port <= 65535), ("max_connections", FLAGS.max_connections >= 1)]
+    for name, ok in checks:
+        if not ok:
+            raise UserError(f"--{name}={FLAGS[name].value}: out of range")
+    concepts = load_concepts(outdir, FLAGS.paint_layer, FLAGS.paint_units)
+    if not FLAGS["generator"].present:
+        FLAGS.generator = recorded_flag(outdir, "generator")
+    generator, params = load_generator_flag()
+    app = create_app(generator, params, concepts, dissection_seed(outdir), FLAGS.max_strokes)
+    listener = listen(FLAGS.host, FLAGS.port)
+    port = listener.getsockname()[1]
+    print(f"GAN Paint: {len(concepts)} concepts; open http://{FLAGS.host}:{port}/ (Ctrl+C stops)", flush=True)
+    config = uvicorn.Config(app, log_level="warning", limit_concurrency=FLAGS.max_connections,
+                            timeout_keep_alive=5)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def dissection_seed(outdir):
+    """--seed if given, else the seed the dissection ran with (if it recorded one), else --seed's default."""
+    if FLAGS["seed"].present:
+        return FLAGS.seed
+    try:
+        return int(recorded_flag(outdir, "seed"))
+    except UserError:
+        return FLAGS.seed
+
+
+def listen(host, port):
+    """A listening socket on (host, port); UserError if the address is taken or not ours."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        raise UserError(f"--host={host} --port={port}: cannot listen there ({e.strerror or e})") from None
