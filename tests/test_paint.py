@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -418,13 +419,17 @@ def test_paint_mode_serves_the_dissections_concepts(server, painted_dissection):
 
 
 def test_paint_mode_refusals_are_one_line(tmp_path, painted_dissection):
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
     for args, fragment in ((["--mode=paint"], "--dissection is required"),
+                           ([f"--dissection={painted_dissection}", f"--port={port}"], f"--port={port}: cannot listen"),
                            ([f"--dissection={tmp_path}"], "no dissect.json"),
                            ([f"--dissection={painted_dissection}", "--paint_layer=layer9"], "layer9"),
                            ([f"--dissection={painted_dissection}", "--max_strokes=0"], "--max_strokes=0")):
         result = run_main("--mode=paint", *args)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert fragment in result.stderr.strip().splitlines()[-1]
+    taken.close()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -47,12 +47,12 @@ def run_paint():
     for name, ok in checks:
         if not ok:
             raise UserError(f"--{name}={FLAGS[name].value}: out of range")
+    listener = listen(FLAGS.host, FLAGS.port)  # before the slow part, so a taken port fails at once
     concepts = load_concepts(outdir, FLAGS.paint_layer, FLAGS.paint_units)
     if not FLAGS["generator"].present:
         FLAGS.generator = recorded_flag(outdir, "generator")
     generator, params = load_generator_flag()
     app = create_app(generator, params, concepts, dissection_seed(outdir), FLAGS.max_strokes)
-    listener = listen(FLAGS.host, FLAGS.port)
     port = listener.getsockname()[1]
     print(f"GAN Paint: {len(concepts)} concepts; open http://{FLAGS.host}:{port}/ (Ctrl+C stops)", flush=True)
     config = uvicorn.Config(app, log_level="warning", limit_concurrency=FLAGS.max_connections,
