@@ -114,29 +114,37 @@ def _range_increment(state, acts, sample_index):
 
 
 def _joint_increment(state, acts, seg, sample_index):
-    """Local pass-2 histograms of upsampled acts (n, h, w, U) against labels (n, K, h, w).
+    """Local histograms of upsampled acts (n, h, w, U) against labels (n, K, h, w).
 
     Rows with sample_index < 0 are padding and count zero. Label 0 means "no
     label": its joint, class_pixels and act_sum entries stay 0.
+
+    One scatter does all the counting. Label channel 0 labels every pixel
+    exactly once (0 included), so its counts, summed over classes, are the
+    marginal histogram; the other channels are scattered into a second block
+    of class slots and added to the joint afterwards.
     """
     units, classes, bins = state.joint.shape
     acts = acts.astype(jnp.float32)
     labels = distinct_labels(seg)                                                  # (n, h, w, K)
     b = bin_index(acts, state.lo, state.hi, bins)                                  # (n, h, w, U)
-    valid = (sample_index >= 0).astype(jnp.int32)[:, None, None]                  # (n, 1, 1)
-    weight = jnp.broadcast_to(valid[..., None], b.shape)                           # (n, h, w, U)
-    labelled = valid[..., None] * (labels > 0)                                     # (n, h, w, K)
+    valid = (sample_index >= 0).astype(jnp.int32)[:, None, None, None]             # (n, 1, 1, 1)
+    channels = labels.shape[-1]
+    slot = labels + classes * jnp.minimum(jnp.arange(channels), 1)                 # channel >= 1: 2nd block
+    counted = valid * jnp.concatenate([jnp.ones_like(labels[..., :1]), labels[..., 1:] > 0], axis=-1)
+    slots = classes * min(channels, 2)
     unit = jnp.arange(units, dtype=jnp.int32)
-    joint_index = ((unit[:, None] * classes + labels[..., None, :]) * bins + b[..., :, None])
-    joint = jnp.zeros(units * classes * bins, jnp.int32).at[joint_index.ravel()].add(
-        jnp.broadcast_to(labelled[..., None, :], joint_index.shape).ravel(), mode="promise_in_bounds")
-    marginal = jnp.zeros(units * bins, jnp.int32).at[(unit * bins + b).ravel()].add(
-        weight.ravel(), mode="promise_in_bounds")
-    onehot = jax.nn.one_hot(labels, classes, dtype=jnp.float32) * labelled[..., None]
-    onehot = jnp.sum(onehot, axis=-2)                                              # (n, h, w, C)
+    index = (unit[:, None] * slots + slot[..., None, :]) * bins + b[..., :, None]  # (n, h, w, U, K)
+    blocks = jnp.zeros(units * slots * bins, jnp.int32).at[index.ravel()].add(
+        jnp.broadcast_to(counted[..., None, :], index.shape).ravel(), mode="promise_in_bounds")
+    blocks = blocks.reshape(units, min(channels, 2), classes, bins)
+    marginal = blocks[:, 0].sum(axis=1)                                            # channel 0 over classes
+    joint = blocks.sum(axis=1).at[:, 0].set(0)
+    labelled = counted * (labels > 0)
+    onehot = jnp.sum(jax.nn.one_hot(labels, classes, dtype=jnp.float32) * labelled[..., None], axis=-2)
     act_sum = jnp.einsum("nhwu,nhwc->uc", acts, onehot, precision=jax.lax.Precision.HIGHEST)
-    counts = (joint.reshape(units, classes, bins), marginal.reshape(units, bins),
-              jnp.sum(onehot, axis=(0, 1, 2)).astype(jnp.int32), act_sum, jnp.sum(weight[..., 0]))
+    weight = jnp.broadcast_to(valid, labels.shape[:3] + (1,))[..., 0]
+    counts = (joint, marginal, jnp.sum(onehot, axis=(0, 1, 2)).astype(jnp.int32), act_sum, jnp.sum(weight))
     counts = jax.lax.psum(counts, parallel.BATCH)
     totals = jax.tree.map(jnp.add, tuple(state)[2:], counts)
     return JointStats(state.lo, state.hi, *totals)

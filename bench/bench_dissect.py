@@ -1,0 +1,102 @@
+"""Dissection speed and memory, measured side by side in one run.
+
+    python bench/bench_dissect.py [--generator=weights/toy/generator] [--segmenter=weights/toy/segmenter]
+        [--layers=layer4,layer6] [--samples=2000] [--batch_size=64] [--downsample=2]
+        [--memory_samples=1000,10000]
+
+Prints samples/s of the generator+segmenter forward alone (the same jitted
+generator and segmenter calls the dissection makes, nothing else), samples/s
+of the full dissection (calibration + statistics + checkpoints, no report)
+and their ratio (the target is >= 0.85: statistics cost at most 15% on top of
+the models), then the peak resident memory of whole dissections at each of
+--memory_samples (each in its own process; flat is the target).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdissect import parallel
+from jaxdissect.dissection import engine
+from jaxdissect.models.load import load_generator
+from jaxdissect.segmentation.segmenter import Segmenter
+
+
+def forward_rate(generator, g_params, segmenter, s_params, layers, samples, batch_size, downsample):
+    @jax.jit
+    def forward(z):
+        images, maps = generator(g_params, z, capture=layers)
+        return segmenter.segment(s_params, images, downsample), maps
+    batches = [engine.sample_batch(0, start, batch_size, samples, generator.latent_size)[0]
+               for start in range(0, samples, batch_size)]
+    jax.block_until_ready(forward(batches[0]))
+    started = time.time()
+    for z in batches:
+        out = forward(z)
+    jax.block_until_ready(out)
+    return len(batches) * batch_size / (time.time() - started)
+
+
+def dissect_rate(generator, g_params, segmenter, s_params, settings):
+    with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as outdir:
+        small = engine.DissectSettings(**{**settings.__dict__, "samples": 2 * settings.batch_size,
+                                          "calibration_samples": settings.batch_size})
+        engine.collect_statistics(generator, g_params, segmenter, s_params, small, warm)  # compile
+        started = time.time()
+        engine.collect_statistics(generator, g_params, segmenter, s_params, settings, outdir)
+        return settings.samples / (time.time() - started)
+
+
+def peak_memory_mb(args, samples):
+    """Peak RSS (MB) of a whole dissection of `samples` samples in a fresh process."""
+    with tempfile.TemporaryDirectory() as outdir:
+        command = [sys.executable, os.path.abspath(__file__), "--child", f"--generator={args.generator}",
+                   f"--segmenter={args.segmenter}", f"--layers={args.layers}", f"--samples={samples}",
+                   f"--batch_size={args.batch_size}", f"--downsample={args.downsample}", f"--outdir={outdir}"]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generator", default="weights/toy/generator")
+    parser.add_argument("--segmenter", default="weights/toy/segmenter")
+    parser.add_argument("--layers", default="layer4,layer6")
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--downsample", type=int, default=2)
+    parser.add_argument("--memory_samples", default="1000,10000")
+    parser.add_argument("--outdir")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    generator, g_params = load_generator(args.generator)
+    segmenter, s_params = Segmenter.from_model_folder(args.segmenter)
+    layers = tuple(args.layers.split(","))
+    settings = engine.DissectSettings(layers=layers, samples=args.samples, batch_size=args.batch_size,
+                                      downsample=args.downsample, checkpoint_every=10 ** 9)
+    if args.child:
+        engine.collect_statistics(generator, g_params, segmenter, s_params, settings, args.outdir)
+        print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; layers {args.layers}; "
+          f"batch {args.batch_size}; downsample {args.downsample}")
+    forward = forward_rate(generator, g_params, segmenter, s_params, layers, args.samples, args.batch_size,
+                           args.downsample)
+    full = dissect_rate(generator, g_params, segmenter, s_params, settings)
+    print(f"generator+segmenter forward alone: {forward:8.1f} samples/s")
+    print(f"full dissection ({args.samples} samples): {full:8.1f} samples/s")
+    print(f"ratio dissection / forward: {full / forward:.3f}  (target >= 0.85)")
+    for n in (int(s) for s in args.memory_samples.split(",")):
+        print(f"peak memory, {n:6d} samples: {peak_memory_mb(args, n):8.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
