@@ -23,3 +23,14 @@ def write_tiny_segmenter(dst, seed=0):
     save_model(dst, params, {"kind": "upernet", "config": config.to_json(), "labels": TINY_LABELS,
                              "source": {"tiny": "random weights for tests"}})
     return config
+
+
+def write_tiny_discriminator(dst, seed=0):
+    """A random discriminator folder for the tiny generator's 16x16 images (kind proggan_discriminator)."""
+    import jax.numpy as jnp
+
+    from jaxdissect.models.discriminator import ProGANDiscriminator
+    widths = list(TINY_SIZES[1:])
+    params = ProGANDiscriminator(widths).init(jax.random.PRNGKey(seed), jnp.zeros((4, 16, 16, 3)))
+    save_model(dst, params, {"kind": "proggan_discriminator", "widths": widths,
+                             "source": {"tiny": "random weights for tests"}})

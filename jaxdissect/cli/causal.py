@@ -1,0 +1,202 @@
+"""--mode=ace: find the units that cause a class (the alpha search), from a finished dissection.
+
+    python main.py --mode=ace --dissection=runs/toy --class_name=tree [--layer=layer4]
+    python main.py --mode=ace --flagfile=configs/toy.cfg --class_name=tree   # the flagfile's --outdir is the dissection
+
+Writes DISSECTION/ace/CLASS/ace.json (the causal ranking, the top --top_n
+units and their insertion values; the format is described in
+jaxdissect.causal.concept), alpha.npy, ace.svg (alpha sorted, loss curve),
+run.json, and the search's checkpoints and metrics.jsonl, so a killed run
+resumes where it stopped. The generator, segmenter and --downsample default
+to the dissection's.
+
+Also the helpers every causal mode shares (`open_study`, `ace_path`).
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+from absl import flags
+
+from jaxdissect.cli import register
+from jaxdissect.cli.common import FLAGS, write_run_record
+from jaxdissect.cli.dissect import folder_id, load_generator_flag, load_segmenter_flag, recorded_flag
+from jaxdissect.errors import UserError
+
+if "dissection" not in FLAGS:  # --mode=paint defines the same flag
+    flags.DEFINE_string("dissection", None, "A finished dissection folder (default: --outdir, so the "
+                        "dissection's flagfile works as is).")
+flags.DEFINE_string("class_name", None, "ace/ablate/insert/trace: the class to study, e.g. tree.")
+flags.DEFINE_string("layer", None, "ace/ablate/insert/trace/artifacts: the generator layer (default: ace.json's "
+                    "layer if there is one, else the dissection's first layer).")
+flags.DEFINE_integer("ace_steps", 300, "ace: Adam steps of the alpha search.")
+flags.DEFINE_integer("ace_batch_size", 16, "ace: samples per step (a fresh batch each step).")
+flags.DEFINE_float("ace_lr", 0.01, "ace: Adam learning rate (the reference's 0.01).")
+flags.DEFINE_float("ace_l2", 0.01, "ace: weight of the L2 penalty on alpha (smaller: larger causal sets).")
+flags.DEFINE_integer("ace_seed", 2, "ace: latent seed of the search's samples (keep it apart from the "
+                     "dissection's --seed and the analyses' --eval_seed).")
+flags.DEFINE_enum("alpha_init", "iou", ["iou", "constant"],
+                  "ace: starting alpha: the units' IoU with the class scaled to [0, 1], or 0.5 for every unit.")
+flags.DEFINE_integer("top_n", 20, "ace/insert/trace/artifacts: size of the unit set (the paper: 20 of 512; "
+                     "by default at most the layer's unit count).")
+flags.DEFINE_enum("insert_value", "mean", ["mean", "quantile"],
+                  "ace: value a unit is inserted at: 'mean' = its mean activation on the class's pixels "
+                  "(the reference), 'quantile' = its --insert_quantile activation on them.")
+flags.DEFINE_float("insert_quantile", 0.99, "ace: the quantile of --insert_value=quantile.")
+
+
+@dataclasses.dataclass
+class Study:
+    """What a causal mode works on: a dissection, a layer, a class and the models."""
+    dissection: object
+    layer: str
+    class_name: str
+    class_index: int
+    downsample: int
+    generator: object = None
+    g_params: object = None
+    segmenter: object = None
+    s_params: object = None
+
+
+def dissection_dir():
+    folder = FLAGS.dissection or FLAGS.outdir
+    if not folder:
+        raise UserError(f"--dissection is required for --mode={FLAGS.mode} (a finished dissection folder)")
+    return folder
+
+
+def output_dir(kind, name):
+    """--outdir when a --dissection is given too, else DISSECTION/kind/name."""
+    if FLAGS.dissection and FLAGS.outdir:
+        return FLAGS.outdir
+    return os.path.join(dissection_dir(), kind, name.replace(os.sep, "_"))
+
+
+def ace_path(study):
+    return os.path.join(dissection_dir(), "ace", study.class_name.replace(os.sep, "_"), "ace.json")
+
+
+def open_study(need_class=True, layer=None, load_models=True):
+    """Reads the dissection, checks --class_name and the layer (`layer`, or --layer, or the first
+    dissected one), then loads the models (defaults: those the dissection recorded)."""
+    from jaxdissect.dissection.results import Dissection
+    folder = dissection_dir()
+    dissection = Dissection(folder)
+    class_name, class_index = FLAGS.class_name, None
+    if need_class:
+        if not class_name:
+            raise UserError(f"--class_name is required for --mode={FLAGS.mode}")
+        class_index = dissection.class_index(class_name)
+    layer = FLAGS.layer or layer or dissection.layers[0]
+    if layer not in dissection.layers:
+        raise UserError(f"--layer={layer}: not dissected in {folder}; dissected: {', '.join(dissection.layers)}")
+    downsample = FLAGS.downsample if FLAGS["downsample"].present else dissection.summary["settings"]["downsample"]
+    study = Study(dissection, layer, class_name, class_index, int(downsample))
+    if load_models:
+        use_recorded_models(folder)
+        study.generator, study.g_params = load_generator_flag()
+        study.segmenter, study.s_params = load_segmenter_flag()
+        if tuple(study.segmenter.labels) != tuple(dissection.labels):
+            raise UserError(f"--segmenter={FLAGS.segmenter}: its labels differ from those of {folder}; "
+                            "use the segmenter (and --segdiv) the dissection ran with")
+    return study
+
+
+def use_recorded_models(folder):
+    """--generator, --segmenter and --segdiv from the dissection's run.json unless given."""
+    for name in ("generator", "segmenter"):
+        if not FLAGS[name].present:
+            FLAGS[name].value = recorded_flag(folder, name)
+    if not FLAGS["segdiv"].present:
+        with open(os.path.join(folder, "run.json")) as f:
+            FLAGS.segdiv = json.load(f)["flags"].get("segdiv", FLAGS.segdiv)
+
+
+def top_n(n_units):
+    """--top_n, or its default capped at the layer's `n_units` units."""
+    n = FLAGS.top_n if FLAGS["top_n"].present else min(FLAGS.top_n, n_units)
+    check_flags(("top_n", 1 <= n <= n_units))
+    return n
+
+
+def check_flags(*checks):
+    """Raises UserError naming the first flag whose check fails."""
+    for name, ok in checks:
+        if not ok:
+            raise UserError(f"--{name}={FLAGS[name].value}: out of range")
+
+
+def guard_outdir(outdir, key, what):
+    """Refuses to resume a run in `outdir` that was started with another `key`; records `key` otherwise."""
+    from jaxdissect.io import files
+    path = os.path.join(outdir, f"{what}_key.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            if json.load(f) != key:
+                raise UserError(f"{outdir} holds a different {what.replace('_', ' ')} (other models, class, "
+                                "layer or settings); use another --outdir or delete it")
+    else:
+        files.save_json(path, key)
+
+
+def ace_figure(record):
+    """ace.svg: alpha of every unit, sorted, with the top n marked; the loss curve."""
+    from jaxdissect.report import charts
+    alpha = np.sort(np.asarray(record["alpha"]))[::-1]
+    ranks = np.arange(1, len(alpha) + 1)
+    n = record["top_n"]
+    panels = [charts.line_chart(
+        [{"name": "alpha", "x": ranks, "y": alpha}, {"name": f"top {n}", "x": ranks[:n], "y": alpha[:n]}],
+        title=f"alpha of the {len(alpha)} units of {record['layer']} for '{record['class']}', sorted",
+        x_label="rank", y_label="alpha", y_range=(0.0, 1.0))]
+    curve = record["loss_curve"]
+    if curve:
+        steps = [c["step"] for c in curve]
+        panels.append(charts.line_chart(
+            [{"name": key, "x": steps, "y": [c[key] for c in curve]} for key in ("loss", "ace", "insertion", "ablation")
+             if key in curve[0]],
+            title="alpha search (per logged step, on that step's batch)", x_label="step", y_label="value"))
+    return charts.stack(panels)
+
+
+@register("ace", "Find a class's causal units (the alpha search) from a dissection; writes ace.json.")
+def run_ace():
+    import jax
+
+    from jaxdissect import parallel
+    from jaxdissect.causal import concept, search
+    from jaxdissect.io import files
+    study = open_study()
+    units = study.dissection.matrix(study.layer, "iou").shape[0]
+    check_flags(("ace_steps", FLAGS.ace_steps >= 1), ("ace_lr", FLAGS.ace_lr > 0), ("ace_l2", FLAGS.ace_l2 >= 0),
+                ("ace_batch_size", FLAGS.ace_batch_size >= 1 and FLAGS.ace_batch_size % parallel.batch_multiple() == 0))
+    n = top_n(units)
+    outdir = output_dir("ace", study.class_name)
+    value = concept.insertion_values(study.dissection, study.layer, study.class_index, FLAGS.insert_value,
+                                     FLAGS.insert_quantile)
+    alpha0 = search.initial_alpha(study.dissection.matrix(study.layer, "iou")[:, study.class_index], FLAGS.alpha_init)
+    settings = search.AlphaSearchSettings(
+        layer=study.layer, class_index=study.class_index, steps=FLAGS.ace_steps, batch_size=FLAGS.ace_batch_size,
+        learning_rate=FLAGS.ace_lr, l2=FLAGS.ace_l2, seed=FLAGS.ace_seed, downsample=study.downsample)
+    recorded = {**dataclasses.asdict(settings), "alpha_init": FLAGS.alpha_init, "insert_value": FLAGS.insert_value,
+                "insert_quantile": FLAGS.insert_quantile, "dissection": os.path.abspath(dissection_dir()),
+                "generator": FLAGS.generator, "segmenter": FLAGS.segmenter, "segdiv": FLAGS.segdiv}
+    if jax.process_index() == 0:
+        os.makedirs(outdir, exist_ok=True)
+        guard_outdir(outdir, {**recorded, "generator": folder_id(FLAGS.generator),
+                              "segmenter": folder_id(FLAGS.segmenter)}, "alpha_search")
+    alpha = search.search(study.generator, study.g_params, study.segmenter, study.s_params, settings, value, alpha0,
+                          outdir)
+    record = concept.ace_record(study.layer, study.class_name, study.class_index, alpha, search.ranking(alpha),
+                                n, value, recorded, concept.read_loss_curve(outdir))
+    if jax.process_index() == 0:
+        concept.write_ace(outdir, record)
+        files.save_text(os.path.join(outdir, "ace.svg"), str(ace_figure(record)))
+        write_run_record(outdir)
+    last = record["loss_curve"][-1] if record["loss_curve"] else {}
+    print(f"{study.class_name} at {study.layer}: top {n} causal units "
+          f"{record['causal_units']} (alpha {alpha[record['causal_units'][0]]:.3f} .. "
+          f"{alpha[record['causal_units'][-1]]:.3f}); last ACE {last.get('ace', float('nan')):.4f}")
+    print(f"wrote {os.path.join(outdir, 'ace.json')}")

@@ -1,0 +1,348 @@
+"""The causal analyses (ablation curves, insertion in context, tracing, artifact units) and the
+ace/ablate/insert/trace/artifacts modes, against brute force and a planted causal unit."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdissect import parallel, stats
+from jaxdissect.causal import ablation, artifacts, concept, context, tracing
+from jaxdissect.dissection import measures
+from jaxdissect.models.proggan import ProGAN
+
+sys.path.insert(0, os.path.dirname(__file__))
+import planted  # noqa: E402
+from tiny_models import write_tiny_discriminator, write_tiny_generator, write_tiny_segmenter  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def planted_world():
+    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+    return gen, gen.init(), seg
+
+
+def thing_pixels(images):
+    """Brute-force count of the planted segmenter's 'thing' pixels per image."""
+    return (np.asarray(images)[..., 0] > 0).sum(axis=(1, 2))
+
+
+# ---------------------------------------------------------------------------
+# Ablation curves
+
+def test_ablation_counts_equal_brute_force_and_the_planted_unit_removes_everything(planted_world):
+    gen, params, seg = planted_world
+    samples, seed = 10, 5
+    sets = np.zeros((3, planted.UNITS), np.float32)
+    sets[1, planted.PLANTED_UNIT] = 1
+    sets[2, [0, 1, 5]] = 1
+    got = ablation.class_pixels(gen, params, seg, None, "layer", sets, planted.THING, seed, samples, batch_size=4)
+    r = np.asarray(gen.h(params, parallel.latents(seed, 0, samples, planted.LATENT), ("layer",))["layer"])
+    expect = []
+    for alpha in sets:
+        edited = r.copy()
+        for u in np.flatnonzero(alpha):
+            edited[..., u] = 0.0
+        expect.append(thing_pixels(gen.f(params, jnp.asarray(edited), "layer")).sum())
+    np.testing.assert_array_equal(got, expect)
+    assert expect[0] > 100 and expect[1] == 0 and expect[2] == expect[0]
+
+
+def test_ablation_curves_planted_vs_random_units(planted_world):
+    gen, params, seg = planted_world
+    ranking = [planted.PLANTED_UNIT] + [u for u in range(planted.UNITS) if u != planted.PLANTED_UNIT]
+    counts, draws = [1, 2, 3], 6
+    result = ablation.ablation_curves(gen, params, seg, None, "layer", planted.THING, {"planted": ranking},
+                                      counts, draws, seed=7, samples=12, batch_size=4)
+    assert result["curves"]["planted"] == [1.0, 1.0, 1.0]
+    # A random set removes every 'thing' pixel if it holds the planted unit and none otherwise.
+    randoms = ablation.random_rankings(7, draws, planted.UNITS)
+    expect = [[float(planted.PLANTED_UNIT in r[:n]) for n in counts] for r in randoms]
+    np.testing.assert_allclose(result["random"]["draws"], expect, atol=1e-12)
+    np.testing.assert_allclose(result["random"]["mean"], np.mean(expect, axis=0), atol=1e-12)
+    assert result["pixels_before"] > 0
+
+
+# ---------------------------------------------------------------------------
+# Insertion in context
+
+def test_insertion_sweep_equals_a_loop_over_positions(planted_world):
+    gen, params, seg = planted_world
+    seed, samples, units = 4, 2, [planted.PLANTED_UNIT, 1]
+    value = np.full(planted.UNITS, 2.0, np.float32)
+    got = context.insertion_sweep(gen, params, seg, None, "layer", units, value, planted.THING, seed, samples,
+                                  chunk=5)                                # 64 positions: chunks padded
+    for i in range(samples):
+        r = np.asarray(gen.h(params, parallel.latents(seed, i, i + 1, planted.LATENT), ("layer",))["layer"])
+        base_image = gen.f(params, jnp.asarray(r), "layer")
+        before = thing_pixels(base_image)[0]
+        base_score = float(np.mean(seg.class_score(None, base_image, planted.THING)[0]))
+        labels = np.asarray(seg.segment(None, base_image))[0, 0]
+        for y in range(8):
+            for x in range(8):
+                edited = r.copy()
+                edited[0, y, x, units] = 2.0
+                image = gen.f(params, jnp.asarray(edited), "layer")
+                assert got["pixels_added"][i, y, x] == thing_pixels(image)[0] - before
+                score = float(np.mean(seg.class_score(None, image, planted.THING)[0]))
+                np.testing.assert_allclose(got["score_change"][i, y, x], score - base_score, atol=1e-6)
+                block = labels[2 * y:2 * y + 2, 2 * x:2 * x + 2].ravel()
+                assert got["context"][i, y, x] == np.bincount(block).argmax()
+    assert got["image_pixels"] == 256
+    # The planted unit can only add 'thing' where there is none yet: by context, stuff > 0 = thing.
+    groups = {g["class"]: g for g in context.effect_by_context(got["pixels_added"], got["score_change"],
+                                                             got["context"], planted.LABELS)}
+    assert groups["stuff"]["mean_pixels_added"] == pytest.approx(4.0) and groups["thing"]["mean_pixels_added"] == 0
+    assert groups["stuff"]["positions"] + groups["thing"]["positions"] == samples * 64
+
+
+# ---------------------------------------------------------------------------
+# Tracing
+
+def test_tracing_normalisation_equals_brute_force(planted_world):
+    _, _, seg = planted_world
+    gen = ProGAN((16, 16, 16, 8, 8))                      # layer4 is 8x8x16; output 32x32
+    params = gen.init(jax.random.PRNGKey(0))
+    units, value, seed, samples = [2, 7, 9], np.linspace(0.5, 3.0, 16).astype(np.float32), 6, 2
+    later = tracing.later_layers(gen, "layer4")
+    assert later == ("layer5", "layer6", "layer7", "layer8", "output_32x32")
+    got = context.insertion_sweep(gen, params, seg, None, "layer4", units, value, planted.THING, seed, samples,
+                                  chunk=16, capture=later)
+    run_later = jax.jit(lambda r: gen.f(params, r, "layer4", capture=later))
+    changes = {name: np.zeros((samples, 8, 8, gen.featuremap_shape(name)[-1])) for name in later}
+    norm_sum = {name: 0.0 for name in later}
+    added = np.zeros((samples, 8, 8))
+    for i in range(samples):
+        r = np.asarray(gen.h(params, parallel.latents(seed, i, i + 1, 16), "layer4")["layer4"])
+        base_image, base = run_later(jnp.asarray(r))
+        for name in later:
+            norm_sum[name] = norm_sum[name] + np.abs(np.asarray(base[name], np.float64)[0]).mean(axis=(0, 1))
+        for y in range(8):
+            for x in range(8):
+                edited = r.copy()
+                edited[0, y, x, units] = value[units]
+                image, out = run_later(jnp.asarray(edited))
+                added[i, y, x] = thing_pixels(image)[0] - thing_pixels(base_image)[0]
+                for name in later:
+                    diff = np.abs(np.asarray(out[name], np.float64) - np.asarray(base[name], np.float64))[0]
+                    changes[name][i, y, x] = diff.mean(axis=(0, 1))
+    np.testing.assert_array_equal(got["pixels_added"], added)
+    effects = tracing.normalised_effects(got["changes"], got["activation"])
+    for name in later:
+        np.testing.assert_allclose(got["changes"][name], changes[name], rtol=1e-3, atol=1e-5)  # float32 maps
+        norm = norm_sum[name] / samples
+        live = norm > 0
+        expect = (changes[name][..., live] / norm[live]).mean(axis=-1)
+        np.testing.assert_allclose(effects[name], expect, rtol=1e-3)
+    summary = tracing.trace_summary(got["changes"], got["activation"], got["pixels_added"], 1024, 0.002)
+    shown = added > 0.002 * 1024
+    assert summary["insertions"] == {"visible": int(shown.sum()), "invisible": int((~shown).sum())}
+    for k, name in enumerate(later):
+        expect_all = (changes[name][..., norm_sum[name] > 0] / (norm_sum[name][norm_sum[name] > 0] / samples)).mean(-1)
+        assert summary["all"][k] == pytest.approx(expect_all.mean(), rel=1e-3)
+        if shown.any():
+            assert summary["visible"][k] == pytest.approx(expect_all[shown].mean(), rel=1e-3)
+
+
+# ---------------------------------------------------------------------------
+# Artifact units
+
+def test_frechet_distance_against_scipy_and_closed_forms():
+    scipy_linalg = pytest.importorskip("scipy.linalg", reason="scipy gives the independent matrix square root")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((40, 6)), rng.standard_normal((30, 6)) @ rng.standard_normal((6, 6))
+    mu1, cov1 = artifacts.gaussian(a)
+    mu2, cov2 = artifacts.gaussian(b + 0.7)
+    root = scipy_linalg.sqrtm(cov1 @ cov2).real
+    expect = np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * root)
+    assert artifacts.frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(expect, rel=1e-9)
+    np.testing.assert_allclose(artifacts.gaussian(a)[1], np.cov(a.T))
+    # Diagonal covariances: sum (sqrt(s1) - sqrt(s2))^2; identical Gaussians: 0.
+    s1, s2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.0])
+    assert artifacts.frechet_distance(np.zeros(3), np.diag(s1), np.ones(3), np.diag(s2)) == pytest.approx(
+        3 + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2))
+    assert artifacts.frechet_distance(mu1, cov1, mu1, cov1) == pytest.approx(0.0, abs=1e-9)
+
+
+class ThingCounter:
+    """A stand-in discriminator whose 'realism' is minus the share of 'thing' in the image."""
+
+    def apply(self, params, images):
+        return -jnp.mean((images[..., 0] + 1) / 2, axis=(1, 2))
+
+
+def test_discriminator_ranking_puts_the_planted_unit_first(planted_world):
+    gen, params, _ = planted_world
+    rise = artifacts.rank_by_discriminator(gen, params, ThingCounter(), None, "layer", planted.UNITS, seed=3,
+                                           samples=8, batch_size=4)
+    r = np.asarray(gen.h(params, parallel.latents(3, 0, 8, planted.LATENT), ("layer",))["layer"])
+    realism = lambda fm: float(np.mean(-(np.asarray(gen.f(params, jnp.asarray(fm), "layer"))[..., 0] + 1) / 2))
+    for u in range(planted.UNITS):
+        edited = r.copy()
+        edited[..., u] = 0
+        assert rise[u] == pytest.approx(realism(edited) - realism(r), abs=1e-6)
+    assert np.argmax(rise) == planted.PLANTED_UNIT and rise[planted.PLANTED_UNIT] > 0.1
+
+
+# ---------------------------------------------------------------------------
+# Insertion values
+
+def test_class_quantile_is_the_lowest_edge_with_the_tail_share_at_most_one_minus_q():
+    rng = np.random.default_rng(1)
+    units, classes, bins = 3, 4, 16
+    class_pixels = np.array([0, 50, 200, 31])
+    # Each unit bins every pixel of a class once: joint[u, c] sums to class_pixels[c].
+    joint = np.stack([np.stack([rng.multinomial(n, rng.dirichlet(np.ones(bins))) for n in class_pixels])
+                      for _ in range(units)]).astype(np.int32)
+    lo, hi = np.array([-1.0, 0.0, 2.0], np.float32), np.array([1.0, 3.0, 2.5], np.float32)
+    js = stats.JointStats(lo, hi, joint, joint.sum(axis=1), class_pixels, np.zeros((units, classes)), 281)
+    for q in (0.5, 0.9, 0.99):
+        got = concept.class_quantile(js, 2, q)
+        for u in range(units):
+            total = joint[u, 2].sum()
+            j = next(j for j in range(bins + 1) if joint[u, 2, j:].sum() <= (1 - q) * total)
+            edge = lo[u] + (hi[u] - lo[u]) / bins * j if j < bins else hi[u]
+            assert got[u] == pytest.approx(edge, rel=1e-6)
+            assert got[u] == measures.threshold_values(lo, hi, bins)[u, j]
+
+
+# ---------------------------------------------------------------------------
+# The modes, end to end through main.py on tiny random models
+
+def run_main(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args],
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.fixture(scope="module")
+def dissection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("causal")
+    write_tiny_generator(str(root / "gen"))
+    write_tiny_segmenter(str(root / "seg"))
+    write_tiny_discriminator(str(root / "disc"))
+    outdir = str(root / "run")
+    result = run_main("--mode=dissect", f"--generator={root / 'gen'}", f"--segmenter={root / 'seg'}",
+                      f"--outdir={outdir}", "--layers=layer4", "--samples=16", "--batch_size=8", "--bins=32",
+                      "--top_k=2", "--report_images=1")
+    assert result.returncode == 0, result.stderr
+    return outdir, str(root)
+
+
+@pytest.fixture(scope="module")
+def ace_run(dissection):
+    outdir, _ = dissection
+    result = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--ace_steps=3",
+                      "--ace_batch_size=2", "--top_n=3")
+    assert result.returncode == 0, result.stderr
+    with open(os.path.join(outdir, "ace", "tree", "ace.json")) as f:
+        return json.load(f)
+
+
+def test_ace_json_contract(dissection, ace_run):
+    outdir, _ = dissection
+    record = ace_run
+    assert (record["layer"], record["class"], record["class_index"], record["top_n"]) == ("layer4", "tree", 3, 3)
+    alpha = np.asarray(record["alpha"])
+    assert alpha.shape == (8,) and np.all((alpha >= 0) & (alpha <= 1))
+    assert record["ranking"] == list(np.argsort(-alpha, kind="stable"))
+    assert record["causal_units"] == record["ranking"][:3]
+    with np.load(os.path.join(outdir, "stats", "layer4.npz")) as data:   # 'mean': act_sum / class pixels
+        expect = data["act_sum"][:, 3] / data["class_pixels"][3]
+    np.testing.assert_allclose(record["value"], expect, rtol=1e-6)
+    np.testing.assert_allclose(np.load(os.path.join(outdir, "ace", "tree", "alpha.npy")), alpha, atol=1e-6)
+    assert [c["step"] for c in record["loss_curve"]] == [3] and "ace" in record["loss_curve"][0]
+    assert record["settings"]["seed"] == 2 and record["settings"]["learning_rate"] == 0.01
+    assert "<svg" in open(os.path.join(outdir, "ace", "tree", "ace.svg")).read()
+    # A finished search resumes to the same answer; other settings in the same folder are refused.
+    again = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--ace_steps=3",
+                     "--ace_batch_size=2", "--top_n=2")
+    assert again.returncode == 0, again.stderr
+    with open(os.path.join(outdir, "ace", "tree", "ace.json")) as f:
+        resumed = json.load(f)
+    assert resumed["alpha"] == record["alpha"] and resumed["causal_units"] == record["ranking"][:2]
+    other = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--ace_steps=3",
+                     "--ace_batch_size=2", "--ace_l2=0.5")
+    assert_one_line_error(other, "different alpha search")
+
+
+def test_ablate_mode(dissection, ace_run):
+    outdir, _ = dissection
+    result = run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=tree", "--ablate_counts=1,3,8,40",
+                      "--random_draws=2", "--eval_samples=6", "--batch_size=4")
+    assert result.returncode == 0, result.stderr
+    assert "skipping --ablate_counts [40]" in result.stdout
+    with open(os.path.join(outdir, "ablate", "tree", "ablation.json")) as f:
+        curves = json.load(f)
+    assert curves["counts"] == [1, 3, 8] and set(curves["curves"]) == {"ace", "iou"}
+    assert curves["units"]["ace"] == ace_run["ranking"]
+    # n = 8 is every unit: the same set for every ranking and draw.
+    at_all = [curves["curves"]["ace"][2], curves["curves"]["iou"][2]] + [d[2] for d in curves["random"]["draws"]]
+    assert max(at_all) - min(at_all) < 1e-12
+    assert os.path.isfile(os.path.join(outdir, "ablate", "tree", "ablation.svg"))
+
+
+def test_insert_and_trace_modes(dissection, ace_run):
+    outdir, _ = dissection
+    common = [f"--dissection={outdir}", "--class_name=tree", "--context_samples=1", "--position_chunk=32",
+              "--top_n=2"]
+    result = run_main("--mode=insert", *common)
+    assert result.returncode == 0, result.stderr
+    folder = os.path.join(outdir, "insert", "tree")
+    with open(os.path.join(folder, "insert.json")) as f:
+        summary = json.load(f)
+    maps = np.load(os.path.join(folder, "insert_maps.npz"))
+    assert summary["units"] == ace_run["ranking"][:2] and maps["pixels_added"].shape == (1, 8, 8)
+    assert sum(g["positions"] for g in summary["by_context"]) == 64
+    assert summary["mean_pixels_added"] == pytest.approx(float(maps["pixels_added"].mean()))
+    assert open(os.path.join(folder, "insert.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    result = run_main("--mode=trace", *common, "--visible_fraction=0.01")
+    assert result.returncode == 0, result.stderr
+    with open(os.path.join(outdir, "trace", "tree", "trace.json")) as f:
+        trace = json.load(f)
+    assert trace["layers"] == ["layer5", "layer6", "output_16x16"] and trace["heatmap_layer"] == "layer6"
+    assert sum(trace["insertions"].values()) == 64 and all(v > 0 for v in trace["all"])
+
+
+def test_artifacts_mode(dissection, tmp_path):
+    outdir, root = dissection
+    reference = np.random.default_rng(0).uniform(-1, 1, (12, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "real.npy", reference)
+    result = run_main("--mode=artifacts", f"--dissection={outdir}", f"--discriminator={root}/disc", "--top_n=2",
+                      f"--reference={tmp_path / 'real.npy'}", "--eval_samples=12", "--artifact_random_sets=2",
+                      "--rank_samples=4", "--batch_size=4")
+    assert result.returncode == 0, result.stderr
+    with open(os.path.join(outdir, "artifacts", "layer4", "artifacts.json")) as f:
+        report = json.load(f)
+    rise = np.asarray(report["realism_rise"])
+    assert report["source"] == "discriminator" and report["units"] == list(np.argsort(-rise, kind="stable")[:2])
+    assert len(report["frechet"]["random"]) == 2 and report["frechet"]["original"] > 0
+    assert report["realism"]["original"] is not None
+    assert os.path.isfile(os.path.join(outdir, "artifacts", "layer4", "artifacts.svg"))
+
+
+def test_bad_inputs_give_one_line_errors(dissection, tmp_path):
+    outdir, _ = dissection
+    assert_one_line_error(run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tre"),
+                          "unknown class 'tre'", "did you mean tree")
+    assert_one_line_error(run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--layer=layer9"),
+                          "layer9", "dissected: layer4")
+    assert_one_line_error(run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=sky"),
+                          "ace.json", "--mode=ace")
+    (tmp_path / "units.json").write_text("[0, 99]")
+    assert_one_line_error(run_main("--mode=artifacts", f"--dissection={outdir}",
+                                   f"--artifact_units={tmp_path / 'units.json'}"), "units.json", "[0, 8)")
