@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from jaxdissect import parallel
+from jaxdissect.causal.concept import ace_record
 from jaxdissect.checkpoint import save_model
 from jaxdissect.errors import UserError
 from jaxdissect.models.proggan import ProGAN
@@ -115,9 +116,17 @@ def write_dissection(root, generator_dir=None, ace=()):
     return labels, iou, act_sum / np.maximum(class_pixels, 1)
 
 
+def ace_file(layer, name, units, values, n_units):
+    """An ace.json record whose causal units are `units` with insertion values `values`."""
+    ranking = list(units) + [u for u in range(n_units) if u not in units]
+    value = np.zeros(n_units)
+    value[list(units)] = values
+    alpha = np.linspace(1, 0, n_units)[np.argsort(ranking)]
+    return ace_record(layer, name, 3, alpha, ranking, len(units), value, {}, [])
+
+
 def test_concepts_prefer_ace_and_fall_back_to_top_iou_units(tmp_path):
-    door = {"layer": "layer8", "class": "door", "class_index": 3, "alpha": [0.1] * 8, "ranking": list(range(8)),
-            "top_n": 3, "causal_units": [5, 0, 2], "value": [1.5, 2.5, 3.5]}
+    door = ace_file("layer8", "door", [5, 0, 2], [1.5, 2.5, 3.5], 8)
     labels, iou, mean = write_dissection(str(tmp_path), ace=[("door", door)])
     concepts = load_concepts(str(tmp_path), n_units=3)
     assert [c.name for c in concepts] == ["door", "sky", "tree"]   # grass has no interpretable unit
@@ -132,18 +141,9 @@ def test_concepts_prefer_ace_and_fall_back_to_top_iou_units(tmp_path):
         np.testing.assert_allclose(by_name[name].values, mean[top, c], rtol=1e-12)
 
 
-def test_ace_values_given_for_every_unit_are_indexed_by_unit(tmp_path):
-    door = {"layer": "layer4", "class": "door", "alpha": [0.0] * 16, "causal_units": [3, 1],
-            "value": [float(v) for v in range(16)]}
-    write_dissection(str(tmp_path), ace=[("door", door)])
-    (concept,) = [c for c in load_concepts(str(tmp_path)) if c.name == "door"]
-    assert concept.units == (3, 1) and concept.values == (3.0, 1.0)
-
-
 @pytest.mark.parametrize("content, fragment", [
     ("{not json", "not a readable ace.json"),
-    (json.dumps({"layer": "layer4", "class": "door", "causal_units": [1, 2], "value": [1.0]}), "'value' has 1"),
-    (json.dumps({"layer": "layer4", "class": "door", "causal_units": [1, 1], "value": [1.0, 2.0]}), "repeated"),
+    (json.dumps(dict(ace_file("layer4", "door", [1, 2], [1.0, 2.0], 16), value=[1.0])), "inconsistent"),
     (json.dumps({"layer": "layer4", "class": "door", "causal_units": [1]}), "KeyError"),
 ])
 def test_malformed_ace_files_are_user_errors_naming_the_file(tmp_path, content, fragment):
@@ -378,8 +378,7 @@ def painted_dissection(tmp_path_factory, model):
     generator, params = model
     root = tmp_path_factory.mktemp("paint")
     save_model(str(root / "gen"), params, generator.meta({"test": "random weights"}))
-    door = {"layer": "layer8", "class": "door", "causal_units": list(CONCEPTS[0].units),
-            "value": list(CONCEPTS[0].values)}
+    door = ace_file("layer8", "door", CONCEPTS[0].units, CONCEPTS[0].values, 8)
     write_dissection(str(root / "run"), str(root / "gen"), ace=[("door", door)])
     return str(root / "run")
 

@@ -12,10 +12,10 @@ A dissection folder provides them in two ways:
 """
 import dataclasses
 import glob
-import json
 import math
 import os
 
+from jaxdissect.causal.concept import read_ace
 from jaxdissect.dissection.results import Dissection
 from jaxdissect.errors import UserError
 
@@ -52,19 +52,11 @@ def ace_concepts(outdir):
 
 
 def read_ace_concept(path):
-    """A Concept from one ace.json; UserError naming the file if it is malformed."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        name, layer, units = str(data["class"]), str(data["layer"]), [int(u) for u in data["causal_units"]]
-        values = [float(v) for v in data["value"]]
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise UserError(f"{path}: not a readable ace.json ({type(e).__name__}: {e})") from None
-    if len(values) == len(data.get("alpha", ())) and len(values) != len(units):
-        values = [values[u] for u in units if 0 <= u < len(values)]  # one value per unit of the layer
-    if len(values) != len(units):
-        raise UserError(f"{path}: 'value' has {len(values)} entries for {len(units)} causal_units")
-    return checked(Concept(name, layer, tuple(units), tuple(values), "ace", path))
+    """A Concept from one ace.json (format: jaxdissect.causal.concept): its causal units and their values."""
+    record = read_ace(path)
+    units = tuple(int(u) for u in record["causal_units"])
+    values = tuple(float(record["value"][u]) for u in units)
+    return checked(Concept(str(record["class"]), str(record["layer"]), units, values, "ace", path))
 
 
 def dissection_concepts(dissection, layer, n_units):
