@@ -67,7 +67,8 @@ def search(generator, g_params, segmenter, s_params, settings, value, alpha0, wo
     alpha0 = jnp.asarray(alpha0, jnp.float32)
     state = {"alpha": alpha0, "opt": opt.init(alpha0), "step": jnp.zeros((), jnp.int32)}
     checkpoints = Checkpoints(workdir)
-    state = checkpoints.restore(state)
+    # Placed as the step's outputs are, so that the second step does not compile again.
+    state = jax.device_put(checkpoints.restore(state), parallel.replicated())
     log = MetricLog(workdir, settings.steps, "alpha search") if jax.process_index() == 0 else None
     value = jnp.asarray(value, jnp.float32)
     t = int(state["step"])
