@@ -148,7 +148,10 @@ class Dissection:
         return layer
 
     def _stats_path(self, layer):
-        return os.path.join(self.outdir, "stats", f"{self._layer(layer)}.npz")
+        path = os.path.join(self.outdir, "stats", f"{self._layer(layer)}.npz")
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: missing; the dissection in {self.outdir} is incomplete")
+        return path
 
 
 def _num(x):
