@@ -17,7 +17,8 @@ from jaxdissect.models.proggan import ProGAN
 
 sys.path.insert(0, os.path.dirname(__file__))
 import planted  # noqa: E402
-from tiny_models import write_tiny_discriminator, write_tiny_generator, write_tiny_segmenter  # noqa: E402
+from tiny_models import (numpy_params, write_tiny_discriminator, write_tiny_generator,  # noqa: E402
+                         write_tiny_segmenter)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,18 +109,19 @@ def test_insertion_sweep_equals_a_loop_over_positions(planted_world):
 def test_tracing_normalisation_equals_brute_force(planted_world):
     _, _, seg = planted_world
     gen = ProGAN((16, 16, 16, 8, 8))                      # layer4 is 8x8x16; output 32x32
-    params = gen.init(jax.random.PRNGKey(0))
+    params = numpy_params(gen.init)
     units, value, seed, samples = [2, 7, 9], np.linspace(0.5, 3.0, 16).astype(np.float32), 6, 2
     later = tracing.later_layers(gen, "layer4")
     assert later == ("layer5", "layer6", "layer7", "layer8", "output_32x32")
     got = context.insertion_sweep(gen, params, seg, None, "layer4", units, value, planted.THING, seed, samples,
                                   chunk=16, capture=later)
     run_later = jax.jit(lambda r: gen.f(params, r, "layer4", capture=later))
+    featuremap = jax.jit(lambda z: gen.h(params, z, "layer4")["layer4"])
     changes = {name: np.zeros((samples, 8, 8, gen.featuremap_shape(name)[-1])) for name in later}
     norm_sum = {name: 0.0 for name in later}
     added = np.zeros((samples, 8, 8))
     for i in range(samples):
-        r = np.asarray(gen.h(params, parallel.latents(seed, i, i + 1, 16), "layer4")["layer4"])
+        r = np.asarray(featuremap(parallel.latents(seed, i, i + 1, 16)))
         base_image, base = run_later(jnp.asarray(r))
         for name in later:
             norm_sum[name] = norm_sum[name] + np.abs(np.asarray(base[name], np.float64)[0]).mean(axis=(0, 1))
@@ -140,7 +142,7 @@ def test_tracing_normalisation_equals_brute_force(planted_world):
         live = norm > 0
         expect = (changes[name][..., live] / norm[live]).mean(axis=-1)
         np.testing.assert_allclose(effects[name], expect, rtol=1e-3)
-    summary = tracing.trace_summary(got["changes"], got["activation"], got["pixels_added"], 1024, 0.002)
+    summary = tracing.trace_summary(effects, got["pixels_added"], 1024, 0.002)
     shown = added > 0.002 * 1024
     assert summary["insertions"] == {"visible": int(shown.sum()), "invisible": int((~shown).sum())}
     for k, name in enumerate(later):
@@ -205,11 +207,14 @@ def test_class_quantile_is_the_lowest_edge_with_the_tail_share_at_most_one_minus
     for q in (0.5, 0.9, 0.99):
         got = concept.class_quantile(js, 2, q)
         for u in range(units):
-            total = joint[u, 2].sum()
-            j = next(j for j in range(bins + 1) if joint[u, 2, j:].sum() <= (1 - q) * total)
-            edge = lo[u] + (hi[u] - lo[u]) / bins * j if j < bins else hi[u]
-            assert got[u] == pytest.approx(edge, rel=1e-6)
-            assert got[u] == measures.threshold_values(lo, hi, bins)[u, j]
+            assert got[u] == pytest.approx(brute_quantile_edge(joint[u, 2], lo[u], hi[u], q), rel=1e-6)
+
+
+def brute_quantile_edge(hist, lo, hi, q):
+    """The lowest bin edge (the top edge: hi) with at most a (1 - q) share of the histogram at or above it."""
+    bins = len(hist)
+    j = next(j for j in range(bins + 1) if hist[j:].sum() <= (1 - q) * hist.sum())
+    return lo + (hi - lo) / bins * j if j < bins else hi
 
 
 # ---------------------------------------------------------------------------
@@ -280,6 +285,22 @@ def test_ace_json_contract(dissection, ace_run):
     assert_one_line_error(other, "different alpha search")
 
 
+def test_insertion_values_from_the_dissection(dissection):
+    from jaxdissect.dissection.results import Dissection
+    from jaxdissect.errors import UserError
+    outdir, _ = dissection
+    with np.load(os.path.join(outdir, "stats", "layer4.npz")) as data:
+        joint, lo, hi = data["joint"], data["bin_lo"], data["bin_hi"]
+        mean = data["act_sum"][:, 3] / data["class_pixels"][3]
+    d = Dissection(outdir)
+    np.testing.assert_allclose(concept.insertion_values(d, "layer4", 3, "mean"), mean, rtol=1e-6)
+    got = concept.insertion_values(d, "layer4", 3, "quantile", 0.9)
+    expect = [brute_quantile_edge(joint[u, 3], float(lo[u]), float(hi[u]), 0.9) for u in range(len(got))]
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+    with pytest.raises(UserError, match="never appears"):                     # label 0 is 'no label'
+        concept.insertion_values(d, "layer4", 0, "mean")
+
+
 def test_ablate_mode(dissection, ace_run):
     outdir, _ = dissection
     result = run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=tree", "--ablate_counts=1,3,8,40",
@@ -316,6 +337,9 @@ def test_insert_and_trace_modes(dissection, ace_run):
         trace = json.load(f)
     assert trace["layers"] == ["layer5", "layer6", "output_16x16"] and trace["heatmap_layer"] == "layer6"
     assert sum(trace["insertions"].values()) == 64 and all(v > 0 for v in trace["all"])
+    effects = np.load(os.path.join(outdir, "trace", "tree", "trace_maps.npz"))
+    assert effects["effect_layer6"].shape == (1, 8, 8)
+    assert trace["all"][1] == pytest.approx(float(effects["effect_layer6"].mean()), rel=1e-6)
 
 
 def test_artifacts_mode(dissection, tmp_path):

@@ -9,8 +9,8 @@ the position's cell) gives the paper's figure 8, where door units make doors
 on buildings but not in the sky or on trees.
 
 Positions are processed `chunk` at a time as one batch of edited featuremaps
-(batch row i edits position i of the chunk), so one compiled function serves
-every sample and chunk. With `capture`, the mean |change| of each later
+(one row per position, and the unedited sample), so one compiled function
+serves every sample and chunk. With `capture`, the mean |change| of each later
 layer's featuremap per channel is measured too (jaxdissect.causal.tracing).
 """
 import functools
@@ -39,33 +39,29 @@ def context_classes(labels, fm_size, n_classes):
 
 
 @functools.lru_cache(maxsize=None)
-def _baseline_fn(generator, segmenter, layer, downsample, capture):
-    """jit (g_params, s_params, z, class_index) -> the unedited sample's featuremap, class pixels, score,
-    per-cell context and later featuremaps."""
+def _sweep_fn(generator, segmenter, layer, downsample, capture):
+    """jit (g_params, s_params, z (1, latent), masks (k, H, W), alpha, value, class_index) -> the
+    effects of the k edits of the sample (see `insertion_sweep`) and its unedited image and context.
+
+    Batch row 0 is the unedited sample and row i + 1 its edit i, so that one
+    compiled function gives both and every change is taken within the batch.
+    """
     n_classes = len(segmenter.labels)
 
-    def fn(g_params, s_params, z, class_index):
-        r = generator.h(g_params, z, (layer,))[layer]
-        images, later = _run_from(generator, g_params, r, layer, capture)
+    def fn(g_params, s_params, z, masks, alpha, value, class_index):
+        r = generator.h(g_params, z, (layer,))[layer]                              # (1, H, W, U)
+        masks = jnp.concatenate([jnp.zeros_like(masks[:1]), masks])
+        images, later = _run_from(generator, g_params, insert(alpha, value, masks)(r), layer, capture)
         score, mask = segmenter.class_score(s_params, images, class_index, downsample)
-        labels = segmenter.segment(s_params, images, downsample)[:, 0]
-        return {"r": r, "images": images, "mask": mask, "pixels": jnp.sum(mask, axis=(1, 2), dtype=jnp.int32),
-                "score": jnp.mean(score, axis=(1, 2)), "context": context_classes(labels, r.shape[1:3], n_classes),
-                "later": later}
-    return jax.jit(fn)
-
-
-@functools.lru_cache(maxsize=None)
-def _sweep_fn(generator, segmenter, layer, downsample, capture):
-    """jit (g_params, s_params, r (1, H, W, U), masks (k, H, W), alpha, value, class_index, later) ->
-    per edited row: class pixels, mean score, and per later layer the mean |change| per channel."""
-    def fn(g_params, s_params, r, masks, alpha, value, class_index, baseline_later):
-        edited = insert(alpha, value, masks)(r)                                    # (k, H, W, U)
-        images, later = _run_from(generator, g_params, edited, layer, capture)
-        score, mask = segmenter.class_score(s_params, images, class_index, downsample)
-        changes = {name: jnp.mean(jnp.abs(later[name] - baseline_later[name]), axis=(1, 2)) for name in capture}
-        return {"pixels": jnp.sum(mask, axis=(1, 2), dtype=jnp.int32), "score": jnp.mean(score, axis=(1, 2)),
-                "changes": changes}
+        pixels = jnp.sum(mask, axis=(1, 2), dtype=jnp.int32)
+        score = jnp.mean(score, axis=(1, 2))
+        labels = segmenter.segment(s_params, images, downsample)[:1, 0]           # shares the network pass
+        return {"pixels_added": pixels[1:] - pixels[0], "score_change": score[1:] - score[0],
+                "pixels_before": pixels[0], "image_pixels": mask[0].size, "image": images[0],
+                "context": context_classes(labels, r.shape[1:3], n_classes)[0],
+                "changes": {name: jnp.mean(jnp.abs(later[name][1:] - later[name][:1]), axis=(1, 2))
+                            for name in capture},
+                "activation": {name: jnp.mean(jnp.abs(later[name][0]), axis=(0, 1)) for name in capture}}
     return jax.jit(fn)
 
 
@@ -88,41 +84,37 @@ def insertion_sweep(generator, g_params, segmenter, s_params, layer, units, valu
     'activation' {layer: (N, U_L)} the unedited mean |activation| per channel.
     """
     capture = tuple(capture)
-    baseline = _baseline_fn(generator, segmenter, layer, downsample, capture)
     sweep = _sweep_fn(generator, segmenter, layer, downsample, capture)
-    out = {key: [] for key in ("pixels_added", "score_change", "context", "pixels_before", "images")}
-    changes = {name: [] for name in capture}
-    activation = {name: [] for name in capture}
+    z_shape = jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32)
+    height, width, n_units = jax.eval_shape(lambda z: generator.h(g_params, z, (layer,))[layer], z_shape).shape[1:]
+    alpha, value = unit_indicator(units, n_units), jnp.asarray(value, jnp.float32)
+    k = min(chunk, height * width)
+    per_sample = []
     progress = Progress("insertion at every position", samples)
     for i in range(samples):
-        base = baseline(g_params, s_params, parallel.latents(seed, i, i + 1, generator.latent_size), class_index)
-        _, height, width, n_units = base["r"].shape
-        alpha = unit_indicator(units, n_units)
-        rows = {"pixels": [], "score": [], **{name: [] for name in capture}}
-        k = min(chunk, height * width)
-        for start in range(0, height * width, k):
-            result = sweep(g_params, s_params, base["r"], position_masks(start, k, height, width), alpha,
-                           jnp.asarray(value, jnp.float32), class_index, base["later"])
-            rows["pixels"].append(np.asarray(result["pixels"]))
-            rows["score"].append(np.asarray(result["score"]))
-            for name in capture:
-                rows[name].append(np.asarray(result["changes"][name]))
-        grid = lambda parts: np.concatenate(parts)[:height * width].reshape(height, width, *parts[0].shape[1:])
-        out["pixels_added"].append(grid(rows["pixels"]).astype(np.int64) - int(base["pixels"][0]))
-        out["score_change"].append(grid(rows["score"]) - float(base["score"][0]))
-        out["context"].append(np.asarray(base["context"][0]))
-        out["pixels_before"].append(int(base["pixels"][0]))
-        out["images"].append(np.asarray(base["images"][0], np.float32))
-        for name in capture:
-            changes[name].append(grid(rows[name]))
-            activation[name].append(np.mean(np.abs(np.asarray(base["later"][name][0], np.float64)), axis=(0, 1)))
+        z = parallel.latents(seed, i, i + 1, generator.latent_size)
+        chunks = [jax.device_get(sweep(g_params, s_params, z, position_masks(start, k, height, width), alpha, value,
+                                       class_index)) for start in range(0, height * width, k)]
+        per_sample.append(_join_chunks(chunks, height, width))
         progress.update(i + 1)
-    result = {key: np.stack(values) for key, values in out.items()}
-    result["image_pixels"] = int(base["mask"].shape[1] * base["mask"].shape[2])
+    result = {key: np.stack([s[key] for s in per_sample])
+              for key in ("pixels_added", "score_change", "context", "pixels_before")}
+    result["images"] = np.stack([np.asarray(s["image"], np.float32) for s in per_sample])
+    result["image_pixels"] = int(per_sample[0]["image_pixels"])
     if capture:
-        result["changes"] = {name: np.stack(v) for name, v in changes.items()}
-        result["activation"] = {name: np.stack(v) for name, v in activation.items()}
+        result["changes"] = {name: np.stack([s["changes"][name] for s in per_sample]) for name in capture}
+        result["activation"] = {name: np.stack([s["activation"][name] for s in per_sample]) for name in capture}
     return result
+
+
+def _join_chunks(chunks, height, width):
+    """One sample's chunk results as (H, W, ...) maps (padding rows dropped)."""
+    grid = lambda parts: np.concatenate(parts)[:height * width].reshape(height, width, *parts[0].shape[1:])
+    first = chunks[0]
+    return {"pixels_added": grid([c["pixels_added"] for c in chunks]).astype(np.int64),
+            "score_change": grid([c["score_change"] for c in chunks]),
+            "changes": {name: grid([c["changes"][name] for c in chunks]) for name in first["changes"]},
+            **{key: first[key] for key in ("pixels_before", "image_pixels", "image", "context", "activation")}}
 
 
 @functools.lru_cache(maxsize=None)

@@ -41,16 +41,16 @@ def visible(pixels_added, image_pixels, visible_fraction):
     return np.asarray(pixels_added) > visible_fraction * image_pixels
 
 
-def trace_summary(changes, activation, pixels_added, image_pixels, visible_fraction):
-    """Per later layer, the mean effect over all insertions and over the visible and invisible ones.
+def trace_summary(effects, pixels_added, image_pixels, visible_fraction):
+    """Per later layer, the mean of `normalised_effects` over all insertions and over the visible and
+    invisible ones.
 
     Returns {'layers', 'all', 'visible', 'invisible' (lists aligned with
     'layers'; None where a group is empty), 'insertions': {'visible', 'invisible'}}.
     """
-    effects = normalised_effects(changes, activation)
     shown = visible(pixels_added, image_pixels, visible_fraction)
     mean = lambda e, where: float(e[where].mean()) if where.any() else None
-    layers = list(changes)
+    layers = list(effects)
     return {"layers": layers,
             "all": [float(effects[name].mean()) for name in layers],
             "visible": [mean(effects[name], shown) for name in layers],

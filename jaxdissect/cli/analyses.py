@@ -60,7 +60,8 @@ def unit_set(record):
     return [int(u) for u in record["ranking"][:n]]
 
 
-def save_outputs(outdir, name, result, svg=None, png=None):
+def save_outputs(outdir, name, result, svg=None, png=None, arrays=None):
+    """OUTDIR/NAME.json, .svg, .png and _maps.npz (those given) and run.json, from process 0."""
     import jax
 
     from jaxdissect.io import files
@@ -72,6 +73,8 @@ def save_outputs(outdir, name, result, svg=None, png=None):
     if png is not None:
         with files.atomic_open(os.path.join(outdir, f"{name}.png"), "wb") as f:
             f.write(png)
+    if arrays is not None:
+        files.save_npz(os.path.join(outdir, f"{name}_maps.npz"), arrays)
     write_run_record(outdir)
     print(f"wrote {os.path.join(outdir, name + '.json')}")
 
@@ -191,10 +194,8 @@ def run_insert():
                                  f"{study.layer} position, by the class there",
                            y_label="mean class pixels added", notes=[g["positions"] for g in groups],
                            width=max(640, 90 + 46 * len(groups) + 150))
-    save_outputs(outdir, "insert", summary, svg, insertion_grid(study, result, units, record))
-    from jaxdissect.io import files
-    files.save_npz(os.path.join(outdir, "insert_maps.npz"),
-                   {k: result[k] for k in ("pixels_added", "score_change", "context", "pixels_before")})
+    save_outputs(outdir, "insert", summary, svg, insertion_grid(study, result, units, record),
+                 {k: result[k] for k in ("pixels_added", "score_change", "context", "pixels_before")})
     for g in groups[:8]:
         print(f"{g['class']:>12}: {g['mean_pixels_added']:8.2f} pixels added ({g['positions']} positions)")
 
@@ -211,9 +212,8 @@ def run_trace():
     if not later:
         raise UserError(f"--layer={study.layer}: no later layer to trace")
     result = sweep(study, record, units, capture=later)
-    summary = tracing.trace_summary(result["changes"], result["activation"], result["pixels_added"],
-                                    result["image_pixels"], FLAGS.visible_fraction)
     effects = tracing.normalised_effects(result["changes"], result["activation"])
+    summary = tracing.trace_summary(effects, result["pixels_added"], result["image_pixels"], FLAGS.visible_fraction)
     hidden = [name for name in later if name.startswith("layer")] or list(later)
     summary = {"layer": study.layer, "class": study.class_name, "units": units, "seed": FLAGS.eval_seed,
                "samples": FLAGS.context_samples, "visible_fraction": FLAGS.visible_fraction, **summary,
@@ -229,7 +229,8 @@ def run_trace():
     vmax = max(float(effects[hidden[-1]].max()), 1e-12)
     rows = [[to_bytes(image), heat_tile(effects[hidden[-1]][i], image, vmax)]
             for i, image in enumerate(result["images"][:4])]
-    save_outputs(outdir, "trace", summary, svg, charts.png_bytes(charts.image_grid(rows)))
+    save_outputs(outdir, "trace", summary, svg, charts.png_bytes(charts.image_grid(rows)),
+                 {"pixels_added": result["pixels_added"], **{f"effect_{name}": e for name, e in effects.items()}})
     for name, v, nv in zip(later, summary["visible"], summary["invisible"]):
         print(f"{name:>14}: visible {v if v is None else round(v, 4)}  invisible {nv if nv is None else round(nv, 4)}")
 
@@ -291,17 +292,21 @@ def artifacts_figure(result, layer):
 
 def before_after_grid(study, units, n_units, shown=6):
     """PNG: generated samples (top row) and the same with the units ablated (bottom row)."""
-    import jax.numpy as jnp
+    import jax
 
     from jaxdissect import parallel
     from jaxdissect.intervention import ablate, unit_indicator
     from jaxdissect.report import charts
     from jaxdissect.report.unit_images import to_bytes
-    z = parallel.latents(FLAGS.eval_seed, 0, shown, study.generator.latent_size)
-    r = study.generator.h(study.g_params, jnp.asarray(z), (study.layer,))[study.layer]
-    rows = [to_bytes(study.generator.f(study.g_params, edit(r), study.layer))
-            for edit in (lambda r: r, ablate(unit_indicator(units, n_units)))]
-    return charts.png_bytes(charts.image_grid([list(row) for row in rows]))
+    generator, layer = study.generator, study.layer
+
+    @jax.jit
+    def both(g_params, z, alpha):
+        r = generator.h(g_params, z, (layer,))[layer]
+        return generator.f(g_params, r, layer), generator.f(g_params, ablate(alpha)(r), layer)
+    z = parallel.latents(FLAGS.eval_seed, 0, shown, generator.latent_size)
+    rows = both(study.g_params, z, unit_indicator(units, n_units))
+    return charts.png_bytes(charts.image_grid([list(to_bytes(row)) for row in rows]))
 
 
 @register("artifacts", "Artifact units: image quality (Fréchet distance, discriminator) with a unit set ablated.")

@@ -53,10 +53,21 @@ def _fmt(v):
     return f"{v:.4g}"
 
 
+def _covering(low, high):
+    """(ticks, range) with the range widened to the outer ticks."""
+    ticks = nice_ticks(low, high)
+    return ticks, (min(low, ticks[0]), max(high, ticks[-1]))
+
+
+def _fit_title(width, title):
+    """A width at which a 14px title fits."""
+    return max(width, int(MARGIN["left"] + 8.2 * len(title)))
+
+
 class _Axes:
     """Maps data coordinates to pixels inside the margins and draws the frame."""
 
-    def __init__(self, width, height, x_range, y_range, log_x=False):
+    def __init__(self, width, height, x_range, y_range, log_x=False, bottom=MARGIN["bottom"]):
         self.width, self.height, self.log_x = width, height, log_x
         self.x0, self.x1 = (math.log(v) for v in x_range) if log_x else x_range
         self.y0, self.y1 = y_range
@@ -66,7 +77,7 @@ class _Axes:
             self.y0, self.y1 = self.y0 - 0.5, self.y0 + 0.5
         self.left, self.top = MARGIN["left"], MARGIN["top"]
         self.plot_w = width - MARGIN["left"] - MARGIN["right"]
-        self.plot_h = height - MARGIN["top"] - MARGIN["bottom"]
+        self.plot_h = height - MARGIN["top"] - bottom
 
     def px(self, x):
         x = math.log(x) if self.log_x else x
@@ -108,10 +119,8 @@ def line_chart(series, title="", x_label="", y_label="", x_ticks=None, log_x=Fal
     xs = [float(v) for s in series for v in s["x"]]
     ys = [float(v) for s in series for key in ("y", "low", "high") for v in s.get(key, ())
           if math.isfinite(float(v))]
-    if y_range is None:
-        y_range = (min(ys + [0.0]), max(ys + [0.0]))
-    y_ticks = nice_ticks(*y_range)
-    y_range = (min(y_range[0], y_ticks[0]), max(y_range[1], y_ticks[-1]))
+    y_ticks, y_range = _covering(*(y_range or (min(ys + [0.0]), max(ys + [0.0]))))
+    width = _fit_title(width, title)
     axes = _Axes(width, height, (min(xs), max(xs)), y_range, log_x)
     if x_ticks is None:
         distinct = sorted(set(xs))
@@ -142,10 +151,13 @@ def bar_chart(labels, values, title="", y_label="", errors=None, notes=None, col
               height=320):
     """Vertical bars, one per label; optional error bars (+-) and a note above each bar."""
     values = [float(v) for v in values]
-    width = width or max(360, MARGIN["left"] + MARGIN["right"] + 46 * len(values))
-    spread = [v + (float(errors[i]) if errors is not None else 0.0) for i, v in enumerate(values)]
-    y_ticks = nice_ticks(min(values + [0.0]), max(spread + [0.0]))
-    axes = _Axes(width, height, (0, max(len(values), 1)), (y_ticks[0], y_ticks[-1]))
+    spread = [float(errors[i]) if errors is not None else 0.0 for i in range(len(values))]
+    y_ticks, y_range = _covering(min([v - e for v, e in zip(values, spread)] + [0.0]),
+                                 max([v + e for v, e in zip(values, spread)] + [0.0]))
+    width = _fit_title(width or max(360, MARGIN["left"] + MARGIN["right"] + 46 * len(values)), title)
+    bottom = 24 + 4 * max([len(str(label)) for label in labels] + [0])   # room for the slanted labels
+    height += bottom - MARGIN["bottom"]
+    axes = _Axes(width, height, (0, max(len(values), 1)), y_range, bottom=bottom)
     out = axes.frame(title, "", y_label, [], y_ticks)
     slot = axes.plot_w / max(len(values), 1)
     zero = axes.py(0.0)
@@ -186,8 +198,11 @@ def upscale(image, size):
     return image[rows][:, cols]
 
 
-def image_grid(rows, gap=2):
-    """uint8 grid of equally sized (h, w, 3) uint8 tiles; `rows` is a list of lists of tiles."""
+def image_grid(rows, gap=2, min_size=96):
+    """uint8 grid of equally sized (h, w, 3) uint8 tiles (`rows`: a list of lists of tiles), small
+    tiles enlarged by an integer factor to at least `min_size` pixels high."""
+    factor = max(1, -(-min_size // rows[0][0].shape[0]))
+    rows = [[tile.repeat(factor, axis=0).repeat(factor, axis=1) for tile in row] for row in rows]
     h, w = rows[0][0].shape[:2]
     columns = max(len(r) for r in rows)
     sheet = np.full((len(rows) * (h + gap) - gap, columns * (w + gap) - gap, 3), 255, np.uint8)
