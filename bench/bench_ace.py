@@ -51,8 +51,9 @@ def step_rate(args, generator, g_params, segmenter, s_params):
     settings = search.AlphaSearchSettings(layer=args.layer, class_index=args.class_index, steps=args.steps,
                                           batch_size=args.batch_size, downsample=args.downsample)
     opt, step = search._step_fn(generator, segmenter, settings)
-    alpha = jnp.full((units,), 0.5)
-    state = {"alpha": alpha, "opt": opt.init(alpha), "step": jnp.zeros((), jnp.int32)}
+    alpha = jnp.full((units,), 0.5, jnp.float32)
+    state = jax.device_put({"alpha": alpha, "opt": opt.init(alpha), "step": jnp.zeros((), jnp.int32)},
+                           parallel.replicated())                                  # as search.search places it
     value = jnp.ones((units,))
 
     def batch(t):
