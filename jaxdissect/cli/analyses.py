@@ -24,7 +24,8 @@ from jaxdissect.errors import UserError
 
 flags.DEFINE_string("ace", None, "ablate/insert/trace: the class's ace.json (default: DISSECTION/ace/CLASS/ace.json).")
 flags.DEFINE_integer("eval_seed", 3, "ablate/insert/trace/artifacts: latent seed of the held-out samples.")
-flags.DEFINE_integer("eval_samples", 200, "ablate/artifacts: held-out samples measured per unit set.")
+flags.DEFINE_integer("eval_samples", 200, "ablate/artifacts: held-out samples measured per unit set (artifacts: "
+                     "and real images; Fréchet distances shrink with more samples, so compare them at equal counts).")
 flags.DEFINE_list("ablate_counts", ["1", "2", "5", "10", "20", "40"], "ablate: sizes n of the ablated top-n "
                   "unit sets (sizes above the layer's unit count are skipped).")
 flags.DEFINE_list("rankings", ["ace", "iou"], "ablate: unit rankings to ablate from: 'ace' (alpha, from "
@@ -37,8 +38,9 @@ flags.DEFINE_float("visible_fraction", 0.005, "trace: an insertion is visible wh
 flags.DEFINE_string("artifact_units", None, "artifacts: the units to ablate: a JSON list or .npy of unit indices.")
 flags.DEFINE_string("discriminator", None, "artifacts: a discriminator folder (kind proggan_discriminator); "
                     "without --artifact_units its top --top_n units by realism gain are ablated.")
-flags.DEFINE_string("reference", "toyworld", "artifacts: real images: 'toyworld' (rendered) or an .npy (N, 3, R, R) "
-                    "/ generate-mode .npz ('image') of images in [-1, 1].")
+flags.DEFINE_string("reference", "toyworld", "artifacts: the real images: 'toyworld' (scenes rendered at the "
+                    "generator's resolution; for toy-world generators) or an .npy (N, 3, R, R) or generate-mode "
+                    ".npz ('image') of images in [-1, 1].")
 flags.DEFINE_integer("artifact_random_sets", 20, "artifacts: random unit sets of the same size (the baseline).")
 flags.DEFINE_integer("rank_samples", 64, "artifacts: samples per unit when ranking units by the discriminator.")
 

@@ -109,8 +109,9 @@ def use_recorded_models(folder):
     for name in ("generator", "segmenter"):
         if not FLAGS[name].present:
             FLAGS[name].value = recorded_flag(folder, name)
-    if not FLAGS["segdiv"].present:
-        with open(os.path.join(folder, "run.json")) as f:
+    record = os.path.join(folder, "run.json")
+    if not FLAGS["segdiv"].present and os.path.isfile(record):
+        with open(record) as f:
             FLAGS.segdiv = json.load(f)["flags"].get("segdiv", FLAGS.segdiv)
 
 
