@@ -12,7 +12,6 @@ import pytest
 
 from jaxdissect import parallel, stats
 from jaxdissect.causal import ablation, artifacts, concept, context, tracing
-from jaxdissect.dissection import measures
 from jaxdissect.models.proggan import ProGAN
 
 sys.path.insert(0, os.path.dirname(__file__))

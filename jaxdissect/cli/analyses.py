@@ -221,9 +221,9 @@ def run_trace():
                "samples": FLAGS.context_samples, "visible_fraction": FLAGS.visible_fraction, **summary,
                "heatmap_layer": hidden[-1], "heatmap": effects[hidden[-1]].mean(axis=0).round(5).tolist()}
     x = list(range(len(later)))
-    series = [{"name": f"{key} ({summary['insertions'][key]})", "x": [i for i, v in zip(x, summary[key]) if v is not None],
-               "y": [v for v in summary[key] if v is not None]} for key in ("visible", "invisible")]
-    svg = charts.line_chart([s for s in series if s["x"]],
+    series = [{"name": f"{key} ({summary['insertions'][key]})", "x": x, "y": summary[key]}
+              for key in ("visible", "invisible") if summary["insertions"][key]]
+    svg = charts.line_chart(series,
                             title=f"change of later layers when '{study.class_name}' units of {study.layer} are "
                                   "inserted at one position", x_label="layer",
                             y_label="mean |change| / mean |activation|", x_ticks=list(zip(x, later)),
