@@ -20,13 +20,10 @@ import numpy as np
 from absl import flags
 
 from jaxdissect.cli import register
-from jaxdissect.cli.common import FLAGS, write_run_record
+from jaxdissect.cli.common import FLAGS, dissection_dir, write_run_record
 from jaxdissect.cli.dissect import folder_id, load_generator_flag, load_segmenter_flag, recorded_flag
 from jaxdissect.errors import UserError
 
-if "dissection" not in FLAGS:  # --mode=paint defines the same flag
-    flags.DEFINE_string("dissection", None, "A finished dissection folder (default: --outdir, so the "
-                        "dissection's flagfile works as is).")
 flags.DEFINE_string("class_name", None, "ace/ablate/insert/trace: the class to study, e.g. tree.")
 flags.DEFINE_string("layer", None, "ace/ablate/insert/trace/artifacts: the generator layer (default: ace.json's "
                     "layer if there is one, else the dissection's first layer).")
@@ -58,13 +55,6 @@ class Study:
     g_params: object = None
     segmenter: object = None
     s_params: object = None
-
-
-def dissection_dir():
-    folder = FLAGS.dissection or FLAGS.outdir
-    if not folder:
-        raise UserError(f"--dissection is required for --mode={FLAGS.mode} (a finished dissection folder)")
-    return folder
 
 
 def output_dir(kind, name):

@@ -11,6 +11,8 @@ flags.DEFINE_string("segmenter", None, "Converted segmenter folder (from convert
 flags.DEFINE_string("outdir", None, "Output folder of the run.")
 flags.DEFINE_integer("batch_size", 8, "Samples per batch (split across all devices).")
 flags.DEFINE_integer("seed", 1, "Global random seed; results do not depend on the device count.")
+flags.DEFINE_string("dissection", None, "ace, analyses, paint: a finished dissection folder (default: --outdir, "
+                    "so the dissection's flagfile works as is).")
 flags.DEFINE_string("out", None, "generate, segment: the .npz file to write.")
 flags.DEFINE_integer("downsample", 1, "Segmentations are (H // downsample, W // downsample) for H x W images.")
 flags.DEFINE_enum("segdiv", "undivided", SEGDIVS,
@@ -24,6 +26,14 @@ def require(*names):
     for name in names:
         if FLAGS[name].value in (None, ""):
             raise UserError(f"--{name} is required for --mode={FLAGS.mode}")
+
+
+def dissection_dir():
+    """The finished dissection a mode reads: --dissection, else --outdir (the dissection's flagfile)."""
+    folder = FLAGS.dissection or FLAGS.outdir
+    if not folder:
+        raise UserError(f"--dissection is required for --mode={FLAGS.mode} (a finished dissection folder)")
+    return folder
 
 
 def existing_file(flag_name):

@@ -13,13 +13,10 @@ import socket
 from absl import flags
 
 from jaxdissect.cli import register
-from jaxdissect.cli.common import FLAGS
+from jaxdissect.cli.common import FLAGS, dissection_dir
 from jaxdissect.cli.dissect import load_generator_flag, recorded_flag
 from jaxdissect.errors import UserError
 
-if "dissection" not in FLAGS:  # the causal modes define the same flag
-    flags.DEFINE_string("dissection", None, "A finished dissection folder (default: --outdir, so the "
-                        "dissection's flagfile works as is).")
 flags.DEFINE_string("paint_layer", None, "paint: layer of the concepts taken from the dissection's IoU "
                     "ranking (default: its first dissected layer); ace/*/ace.json concepts keep their own.")
 flags.DEFINE_integer("paint_units", 20, "paint: units per concept taken from the IoU ranking (the paper: 20).")
@@ -39,9 +36,7 @@ def run_paint():
     except ImportError as e:
         raise UserError(f"--mode=paint needs the 'paint' extra: pip install -e '.[paint]' ({e})") from None
     from jaxdissect.paint.concepts import load_concepts
-    outdir = FLAGS.dissection or FLAGS.outdir
-    if not outdir:
-        raise UserError("--dissection is required for --mode=paint (a finished dissection folder)")
+    outdir = dissection_dir()
     checks = [("paint_units", FLAGS.paint_units >= 1), ("max_strokes", FLAGS.max_strokes >= 1),
               ("port", 0 <= FLAGS.port <= 65535), ("max_connections", FLAGS.max_connections >= 1)]
     for name, ok in checks:
