@@ -50,7 +50,7 @@ class SegmenterTrainConfig:
     input_size: int = 128
     resolution: int = 64
     batch_size: int = 32
-    steps: int = 4000
+    steps: int = 2500
     learning_rate: float = 2e-3
     warmup_steps: int = 200
     weight_decay: float = 1e-4
