@@ -11,6 +11,7 @@ mIoU >= 0.90 over the classes 1..10 on 2,000 renders.
 import argparse
 import time
 
+from jaxdissect.segmentation.segmenter import Segmenter
 from jaxdissect.toyworld import evaluate, world
 from jaxdissect.training import segmenter as seg_train
 
@@ -28,7 +29,7 @@ def main():
     args = parser.parse_args()
 
     if args.segmenter:
-        segmenter, params = evaluate.load_toy_segmenter(args.segmenter)
+        segmenter, params = Segmenter.from_model_folder(args.segmenter)
         what = args.segmenter
     else:
         segmenter, state = seg_train.restore_latest(seg_train.SegmenterTrainConfig(), args.workdir,

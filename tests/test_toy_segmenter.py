@@ -84,7 +84,7 @@ def exported(straight_run, tmp_path_factory):
     _, segmenter, state = straight_run
     folder = str(tmp_path_factory.mktemp("export") / "segmenter")
     seg_train.export(TINY, segmenter, state, folder, world.label_meta(), "colour blocks")
-    loaded, params = evaluate.load_toy_segmenter(folder)
+    loaded, params = Segmenter.from_model_folder(folder)
     return folder, loaded, params
 
 

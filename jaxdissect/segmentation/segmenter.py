@@ -249,11 +249,18 @@ class Segmenter:
         return cls(config, space, tuple(int(s) for s in segsizes))
 
     @classmethod
-    def from_model_folder(cls, path, segdiv="undivided", segsizes=()):
-        """Loads a converted segmenter folder; returns (segmenter, params)."""
+    def from_model_folder(cls, path, segdiv="undivided", segsizes=None):
+        """Loads a converted segmenter folder; returns (segmenter, params).
+
+        `segsizes` defaults to the folder's meta.json "segsizes" (the input
+        scales the model was trained for; the toy segmenter's is [128]), else
+        one scale at the images' own size.
+        """
         config, params, meta = upernet.load_segmenter_model(path)
         if "labels" not in meta:
             raise UserError(f"{path}: meta.json has no 'labels'")
+        if segsizes is None:
+            segsizes = meta.get("segsizes", ())
         try:
             return cls.create(config, meta["labels"], segdiv, segsizes), params
         except UserError as e:

@@ -10,16 +10,12 @@ IoU of class c: pixels where prediction and label are both c, over pixels
 where either is c, counted over all evaluated images together. The mIoU is
 the mean over the world's classes 1..K-1 ('-' is never drawn).
 """
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.checkpoint import META_FILE
 from jaxdissect.errors import UserError
-from jaxdissect.segmentation.segmenter import Segmenter
 from jaxdissect.toyworld import world
 
 EVAL_SEED = 20190101
@@ -29,17 +25,6 @@ EVAL_STREAM = 0x7E57  # folded into the seed's key: keeps evaluation keys off th
 def eval_batch_key(seed, index):
     """The key of evaluation batch `index` for `seed`."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_STREAM), index)
-
-
-def load_toy_segmenter(path):
-    """(Segmenter, params) of a trained toy segmenter folder, at the input size it was trained for
-    (meta.json "segsizes")."""
-    try:
-        with open(os.path.join(path, META_FILE)) as f:
-            segsizes = json.load(f).get("segsizes", ())
-    except (OSError, ValueError):
-        segsizes = ()  # from_model_folder names the problem
-    return Segmenter.from_model_folder(path, segsizes=segsizes)
 
 
 def intersection_union(predicted, labels, n_classes, weights):
