@@ -2,7 +2,6 @@
 ace/ablate/insert/trace/artifacts modes, against brute force and a planted causal unit."""
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -15,11 +14,11 @@ from jaxdissect.causal import ablation, artifacts, concept, context, tracing
 from jaxdissect.models.proggan import ProGAN
 
 sys.path.insert(0, os.path.dirname(__file__))
+from cli_helpers import assert_one_line_error, run_main  # noqa: E402
 import planted  # noqa: E402
 from tiny_models import (numpy_params, write_tiny_discriminator, write_tiny_generator,  # noqa: E402
                          write_tiny_segmenter)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -219,18 +218,8 @@ def brute_quantile_edge(hist, lo, hi, q):
 # ---------------------------------------------------------------------------
 # The modes, end to end through main.py on tiny random models
 
-def run_main(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args],
-                          capture_output=True, text=True, cwd=REPO)
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ")
-    for fragment in fragments:
-        assert fragment in last, last
 
 
 @pytest.fixture(scope="module")

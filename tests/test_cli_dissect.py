@@ -1,20 +1,16 @@
 """main.py --mode=dissect / report end to end on tiny random models, and its refusals."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from cli_helpers import assert_one_line_error, run_main  # noqa: E402
 from tiny_models import write_tiny_generator, write_tiny_segmenter  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args],
-                          capture_output=True, text=True, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +58,6 @@ def test_report_mode_relabels_from_saved_statistics(dissection):
     assert settings["rule"] == "quantile" and settings["quantile"] == 0.9 and settings["samples"] == 24
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ")
-    for fragment in fragments:
-        assert fragment in last
 
 
 def test_unknown_layer_lists_valid_ones(models, tmp_path):

@@ -1,7 +1,5 @@
 """--mode=generate: latents validation, batching with padding, npz and PNG outputs, CLI."""
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,7 +11,8 @@ from jaxdissect.errors import UserError
 from jaxdissect.models.load import load_generator
 from jaxdissect.models.proggan_convert import convert
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import cli_helpers  # noqa: E402  (tests/ is on sys.path)
+
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +74,7 @@ def test_image_bytes():
 
 
 def run_main(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), "--mode=generate", *args],
-                          capture_output=True, text=True, timeout=300)
+    return cli_helpers.run_main("--mode=generate", *args, timeout=300)
 
 
 def test_command_line(generator_dir, tmp_path):

@@ -30,7 +30,9 @@ from jaxdissect.paint.painter import Stroke
 from jaxdissect.paint.server import create_app
 from jaxdissect.report.unit_images import to_bytes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import cli_helpers  # noqa: E402  (tests/ is on sys.path)
+
+REPO = cli_helpers.REPO
 SIZES = (16, 16, 16, 8, 8, 8)   # 64x64 images; layer4 is 8x8 (16 units), layer8 32x32 (8 units)
 R = 64
 SEED = 3
@@ -369,8 +371,7 @@ def test_oversized_bodies_are_413_declared_or_streamed(client):
 # ---- the paint mode as a real server, and the page in a browser ------------------------------------
 
 def run_main(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    return cli_helpers.run_main(*args, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ from jaxdissect.segmentation import resample, upernet
 from jaxdissect.segmentation.labels import (PART_OWNERS, SEGDIVS, flat_label_space,
                                             flat_label_space_from_meta, upp_label_space)
 from seeded_upernet import seeded_state_dicts
+import cli_helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # predict_single_class goldens: tag -> class number (undivided numbering).
 PSC_CLASSES = {"door": 137, "tree": 131, "sky": 11, "window": 163,
                "material_painted": 350, "part_roof": 366}
@@ -427,9 +427,7 @@ def tiny_upp_dir(labels_json, tmp_path_factory):
 
 
 def run_main(*args, devices=1):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), "--mode=segment", *args],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return cli_helpers.run_main("--mode=segment", *args, devices=devices, timeout=300)
 
 
 def test_command_line_on_two_devices(tiny_upp_dir, fixtures, tmp_path):

@@ -26,14 +26,7 @@ flags.DEFINE_string("png_dir", None, "generate: also write each image as DIR/NNN
 
 def read_latents(path, latent_size):
     """Loads an (N, latent_size) float .npy as float32; UserError naming the problem."""
-    if not os.path.isfile(path):
-        raise UserError(f"--z={path}: no such file")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:  # np.load raises several types for a non-.npy file
-        raise UserError(f"--z={path}: not a .npy array file ({type(e).__name__}: {e})") from None
-    if not isinstance(z, np.ndarray):
-        raise UserError(f"--z={path}: holds several arrays (an .npz); give one (N, {latent_size}) .npy")
+    z = files.load_npy(path, "z")
     if z.ndim != 2 or z.shape[1] != latent_size or z.shape[0] == 0:
         raise UserError(f"--z={path}: shape {z.shape}, expected (N, {latent_size}) with N >= 1")
     if z.dtype.kind != "f":

@@ -31,12 +31,7 @@ RANGE_SLACK = 1e-3
 
 def read_images(path):
     """Loads a float32 (N, 3, H, W) .npy of images in [-1, 1]; UserError naming the problem."""
-    try:
-        images = np.load(path, allow_pickle=False)
-    except Exception as e:  # np.load raises several types for a non-.npy file
-        raise UserError(f"--images={path}: not a .npy array file ({type(e).__name__}: {e})") from None
-    if not isinstance(images, np.ndarray):
-        raise UserError(f"--images={path}: holds several arrays (an .npz); give one (N, 3, H, W) .npy")
+    images = files.load_npy(path, "images")
     if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape:
         raise UserError(f"--images={path}: shape {images.shape}, expected (N, 3, H, W) RGB")
     if images.dtype != np.float32:

@@ -40,3 +40,21 @@ def save_json(path, value):
 def save_text(path, text):
     with atomic_open(path) as f:
         f.write(text)
+
+
+def load_npy(path, flag):
+    """The one array of a .npy file; UserError naming --flag for a missing, unreadable or .npz file.
+
+    Never unpickles (a .npy of Python objects is refused).
+    """
+    from jaxdissect.errors import UserError
+    if not os.path.isfile(path):
+        raise UserError(f"--{flag}={path}: no such file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as e:  # np.load raises several types for a non-.npy file
+        raise UserError(f"--{flag}={path}: not a .npy array file ({type(e).__name__}: {e})") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise UserError(f"--{flag}={path}: holds several arrays (an .npz); give one .npy array")
+    return array
