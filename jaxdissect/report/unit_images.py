@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from jaxdissect import parallel
-from jaxdissect.segmentation.resample import resize_bilinear
+from jaxdissect.segmentation.resample import bilinear_matrix
 
 OUTLINE = np.array([255, 230, 0], np.uint8)
 
@@ -17,13 +17,15 @@ OUTLINE = np.array([255, 230, 0], np.uint8)
 def _images_and_maps(generator, layer):
     def fn(params, z):
         images, maps = generator(params, z, capture=(layer,))
-        size = images.shape[1:3]
-        return images, resize_bilinear(maps[layer].astype(jnp.float32), size)
+        return images, maps[layer].astype(jnp.float32)
     return jax.jit(fn)
 
 
 def render_samples(generator, params, layer, seed, indices, batch_size):
-    """Images (n, R, R, 3) uint8 and upsampled featuremaps (n, R, R, U) of global samples `indices`."""
+    """Images (n, R, R, 3) uint8 and featuremaps (n, H, W, U) of global samples `indices`.
+
+    Featuremaps stay at the layer's resolution (memory); `upsample` one unit's map when drawing.
+    """
     indices = np.asarray(indices)
     fn = _images_and_maps(generator, layer)
     images, maps = [], []
@@ -40,6 +42,13 @@ def render_samples(generator, params, layer, seed, indices, batch_size):
 def to_bytes(images):
     """Images nominally in [-1, 1] -> uint8, as the original tools round them."""
     return np.rint(np.clip((np.asarray(images, np.float64) + 1) / 2 * 255, 0, 255)).astype(np.uint8)
+
+
+def upsample(unit_map, size):
+    """One unit's (H, W) map upsampled bilinearly to `size`, as the dissection upsamples it."""
+    rows = bilinear_matrix(unit_map.shape[0], size[0])
+    cols = bilinear_matrix(unit_map.shape[1], size[1])
+    return rows @ np.asarray(unit_map, np.float64) @ cols.T
 
 
 def outline(mask):
@@ -79,5 +88,6 @@ def layer_strips(generator, params, layer, seed, units, shown, batch_size):
     strips = {}
     for u in units:
         rows = [row[i] for i in u["top_samples"][:shown]]
-        strips[u["unit"]] = unit_strip(images[rows], maps[rows, :, :, u["unit"]], u["threshold"])
+        activations = [upsample(maps[r, :, :, u["unit"]], images.shape[1:3]) for r in rows]
+        strips[u["unit"]] = unit_strip(images[rows], activations, u["threshold"])
     return strips
