@@ -24,14 +24,15 @@ PARAMS_DIR = "params"
 
 
 @contextlib.contextmanager
-def atomic_directory(dst):
+def atomic_directory(dst, replace=False):
     """Yields a temporary folder beside `dst`, renamed onto `dst` on success.
 
-    Refuses to replace an existing non-empty `dst`. On any exception the
-    temporary folder is removed and `dst` is left untouched.
+    Refuses to replace an existing non-empty `dst` unless `replace`; then the
+    old folder is swapped out only once the new one is complete. On any
+    exception the temporary folder is removed and `dst` is left untouched.
     """
     dst = os.path.abspath(dst)
-    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+    if not replace and os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise UserError(f"{dst}: already exists and is not empty; choose a new destination")
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
@@ -39,9 +40,11 @@ def atomic_directory(dst):
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is for everyone to read
-        if os.path.isdir(dst):
-            os.rmdir(dst)
+        retired = tmp + ".replaced"
+        if os.path.lexists(dst):
+            os.rename(dst, retired)
         os.rename(tmp, dst)
+        shutil.rmtree(retired, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -60,9 +63,9 @@ def read_params(path):
         return checkpointer.restore(os.path.abspath(path))
 
 
-def save_model(dst, params, meta):
-    """Writes a model folder atomically (see module docstring)."""
-    with atomic_directory(dst) as tmp:
+def save_model(dst, params, meta, replace=False):
+    """Writes a model folder atomically (see module docstring); `replace` swaps out an existing one."""
+    with atomic_directory(dst, replace) as tmp:
         write_params(os.path.join(tmp, PARAMS_DIR), params)
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)

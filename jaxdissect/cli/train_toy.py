@@ -1,5 +1,6 @@
 """Modes that train the toy world's models (resumable: rerun the same command to continue)."""
 import dataclasses
+import json
 import os
 
 from absl import flags
@@ -38,20 +39,37 @@ def run_train_gan():
     export_gan(config, state, FLAGS.workdir)
 
 
+def exported_steps(dst):
+    """The training step recorded in the model folder `dst`, or None when there is none."""
+    try:
+        with open(os.path.join(dst, "meta.json")) as f:
+            return json.load(f)["source"]["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def export(dst, steps, write):
+    """Calls `write(dst, replace=True)` unless `dst` already holds the export of step `steps`.
+
+    A resumed run that trains further replaces its older export.
+    """
+    if exported_steps(dst) == steps:
+        print(f"{dst} holds step {steps} already")
+        return
+    write(dst, replace=True)
+    print(f"exported {dst} (step {steps})")
+
+
 def export_gan(config, state, workdir):
     """Writes WORKDIR/generator (the EMA weights) and WORKDIR/discriminator as model folders."""
-    source = {"trained_on": "jaxdissect toy world", "steps": int(state["step"]),
-              "config": dataclasses.asdict(config)}
+    steps = int(state["step"])
+    source = {"trained_on": "jaxdissect toy world", "steps": steps, "config": dataclasses.asdict(config)}
     targets = {"generator": (state["g_ema"], config.generator.meta(source)),
                "discriminator": (state["d"], {"kind": "proggan_discriminator",
                                               "widths": list(config.sizes[1:]), "source": source})}
     for name, (params, meta) in targets.items():
-        dst = os.path.join(workdir, name)
-        if os.path.exists(dst):
-            print(f"{dst} exists; not exported again")
-            continue
-        save_model(dst, params, meta)
-        print(f"exported {dst}")
+        export(os.path.join(workdir, name), steps,
+               lambda dst, replace, params=params, meta=meta: save_model(dst, params, meta, replace))
 
 
 @register("train_segmenter", "Train the toy world's UPerNet segmenter on exact labels (resumable).")
@@ -70,9 +88,6 @@ def run_train_segmenter():
     labels_meta = world.label_meta()
     model, state = segmenter.train(config, FLAGS.workdir,
                                    lambda key, n: world.render(key, n, config.resolution), labels_meta)
-    dst = os.path.join(FLAGS.workdir, "segmenter")
-    if os.path.exists(dst):
-        print(f"{dst} exists; not exported again")
-        return
-    segmenter.export(config, model, state, dst, labels_meta, "jaxdissect toy world")
-    print(f"exported {dst}")
+    export(os.path.join(FLAGS.workdir, "segmenter"), int(state["step"]),
+           lambda dst, replace: segmenter.export(config, model, state, dst, labels_meta, "jaxdissect toy world",
+                                                 replace))

@@ -205,11 +205,11 @@ def train(config, workdir, sample_batch, labels_meta):
     return segmenter, state
 
 
-def export(config, segmenter, state, dst, labels_meta, trained_on):
+def export(config, segmenter, state, dst, labels_meta, trained_on, replace=False):
     """Writes the trained variables as a segmenter model folder (meta as convert/upernet.py's)."""
     source = {"trained_on": trained_on, "steps": int(state["step"]),
               "config": dataclasses.asdict(config)}
     meta = {"kind": upernet.MODEL_KIND, "config": segmenter.config.to_json(), "labels": labels_meta,
             "segsizes": list(segmenter.segsizes), "source": source}
-    save_model(os.path.abspath(dst), state["variables"], meta)
+    save_model(os.path.abspath(dst), state["variables"], meta, replace)
     return meta
