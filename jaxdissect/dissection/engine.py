@@ -103,10 +103,12 @@ class _Run:
     def restore(self, template):
         return self.checkpoints.restore(template)
 
-    def save(self, state):
+    def save(self, state, wait=True):
         state["saves"] = state["saves"] + 1
-        # Every leaf global and replicated, so that all processes write one checkpoint together.
-        self.checkpoints.save(int(state["saves"]), jax.device_put(state, parallel.replicated()))
+        # A copy (the next updates donate the state's buffers while a background save may still read
+        # it), every leaf global and replicated, so that all processes write one checkpoint together.
+        snapshot = jax.device_put(state, parallel.replicated(), may_alias=False)
+        self.checkpoints.save(int(state["saves"]), snapshot, wait)
 
 
 def collect_statistics(generator, g_params, segmenter, s_params, settings, outdir, model_ids=None):
@@ -153,7 +155,7 @@ def _passes(settings, state, run, label, samples, step, latent_size):
         progress.update(start)
         batches += 1
         if batches % settings.checkpoint_every == 0 and start < samples:
-            run.save(state)
+            run.save(state, wait=False)   # written while the next batches run
     return state
 
 

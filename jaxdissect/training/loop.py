@@ -20,9 +20,12 @@ class Checkpoints:
     def latest_step(self):
         return self.manager.latest_step()
 
-    def save(self, step, state):
+    def save(self, step, state, wait=True):
+        """Saves `state` as `step`. With wait=False the files are written in the background (orbax
+        copies the arrays first, so they may be donated right after); the next save waits for it."""
         self.manager.save(step, args=ocp.args.StandardSave(state))
-        self.manager.wait_until_finished()
+        if wait:
+            self.manager.wait_until_finished()
 
     def restore(self, template):
         """The latest state, shaped like `template`; `template` itself if there is none."""
