@@ -14,7 +14,7 @@ th{background:#f4f4f4} .settings td:first-child{color:#666}
 .cards{display:flex;flex-direction:column;gap:6px}
 .card{display:flex;align-items:center;gap:12px;padding:4px;border:1px solid #eee;border-radius:4px}
 .card .info{width:190px;font-size:13px;flex:none} .card .label{font-weight:600}
-.card img{image-rendering:pixelated;zoom:2;max-width:calc((100% - 210px) / 2)}
+.card img{image-rendering:pixelated;height:112px;width:auto;max-width:calc(100% - 210px);object-fit:contain}
 .muted{color:#888} details summary{cursor:pointer;margin:8px 0}
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}
 """
