@@ -1,6 +1,7 @@
 """GAN Paint: concept loading, the stroke renderer against a numpy reference, the HTTP API and its
 refusals, the paint mode as a real server, and the page driven in headless Chromium."""
 import base64
+import contextlib
 import io
 import json
 import os
@@ -384,11 +385,11 @@ def painted_dissection(tmp_path_factory, model):
     return str(root / "run")
 
 
-@pytest.fixture(scope="module")
-def server(painted_dissection):
+@contextlib.contextmanager
+def paint_server(dissection, *flags):
     """main.py --mode=paint on a free port; yields its base URL."""
     process = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"), "--mode=paint",
-                                f"--dissection={painted_dissection}", "--port=0", "--paint_units=4"],
+                                f"--dissection={dissection}", "--port=0", *flags],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
@@ -403,6 +404,12 @@ def server(painted_dissection):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(painted_dissection):
+    with paint_server(painted_dissection, "--paint_units=4") as url:
+        yield url
 
 
 def get_json(url):
@@ -446,10 +453,31 @@ def wait_for_strokes(page, count):
                            "document.body.dataset.busy === '0'", timeout=30000)
 
 
-def test_page_paints_a_stroke_and_undoes_it_in_chromium(server, tmp_path):
+TOY = os.path.join(REPO, "weights", "toy")
+TOY_SAMPLE = 5
+
+
+@pytest.fixture(scope="module")
+def toy_server(tmp_path_factory):
+    """The paint mode on a short dissection of the shipped toy models (tree units of layer4 by IoU)."""
+    if not os.path.isdir(os.path.join(TOY, "generator")):
+        pytest.skip("weights/toy/generator is not shipped")
+    outdir = str(tmp_path_factory.mktemp("toy_paint") / "run")
+    result = run_main("--mode=dissect", f"--generator={TOY}/generator", f"--segmenter={TOY}/segmenter",
+                      f"--outdir={outdir}", "--layers=layer4", "--samples=512", "--batch_size=64", "--downsample=2",
+                      "--report_images=1")
+    assert result.returncode == 0, result.stderr
+    with paint_server(outdir) as url:
+        yield url
+
+
+def test_page_paints_the_toy_models_tree_units_and_undoes_it_in_chromium(toy_server, tmp_path):
+    """Pick a sample and the tree concept, brush a stroke: the image changes inside it and nothing
+    changes beyond the stroke's reach through the generator; undo brings back the original exactly."""
     if CHROMIUM is None:
         pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
     from playwright import sync_api
+    from jaxdissect.models.load import load_generator
     artifacts = os.environ.get("PAINT_ARTIFACTS", str(tmp_path))
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
@@ -457,17 +485,18 @@ def test_page_paints_a_stroke_and_undoes_it_in_chromium(server, tmp_path):
             viewport={"width": 1100, "height": 820})
         try:
             page = context.new_page()
-            page.goto(server + "/")
-            page.wait_for_selector("#strip figure[data-index='3']")
-            page.click("#strip figure[data-index='3']")
-            page.wait_for_function("document.querySelector('#output').dataset.sample === '3' && "
+            page.goto(toy_server + "/")
+            page.wait_for_selector(f"#strip figure[data-index='{TOY_SAMPLE}']")
+            page.click(f"#strip figure[data-index='{TOY_SAMPLE}']")
+            page.wait_for_function(f"document.querySelector('#output').dataset.sample === '{TOY_SAMPLE}' && "
                                    "document.body.dataset.busy === '0'")
             original = output_pixels(page)
-            page.click(".concept[data-name='door']")
+            page.screenshot(path=os.path.join(artifacts, "paint_before.png"))
+            page.click(".concept[data-name='tree']")
             brush = int(page.input_value("#brush"))
             stage = page.locator("#stage").bounding_box()
             scale = stage["width"] / R
-            (x0, y0), (x1, y1) = (16, 20), (44, 20)   # image pixels
+            (x0, y0), (x1, y1) = (14, 46), (50, 46)   # image pixels, across the lower half
             page.mouse.move(stage["x"] + x0 * scale, stage["y"] + y0 * scale)
             page.mouse.down()
             page.mouse.move(stage["x"] + x1 * scale, stage["y"] + y1 * scale, steps=12)
@@ -480,10 +509,11 @@ def test_page_paints_a_stroke_and_undoes_it_in_chromium(server, tmp_path):
             rows, cols = np.mgrid[:R, :R] + 0.5
             distance = np.hypot(rows - y0, np.maximum(np.maximum(x0 - cols, cols - x1), 0))
             inside = distance < brush / 2 - 1
-            cell, pixels = reach(ProGAN(SIZES), "layer8")
-            outside = distance > brush / 2 + cell + pixels
+            generator, _ = load_generator(os.path.join(TOY, "generator"))
+            cell, pixels = reach(generator, "layer4")
+            near = distance <= brush / 2 + cell + pixels
             assert changed[inside].mean() > 0.5
-            assert not changed[outside].any()
+            assert not changed[~near].any()
 
             page.click("#undo")
             wait_for_strokes(page, 0)
