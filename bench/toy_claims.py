@@ -1,6 +1,6 @@
 """The paper's causal claims in miniature, measured on the toy world through main.py.
 
-    python bench/toy_claims.py [--dissection=runs/toy] [--layer=layer4] [--eval_samples=200]
+    python bench/toy_claims.py [--dissection=runs/toy] [--layer=layer4] [--eval_samples=200] [--ace_steps=300]
 
 Runs, through the command line a user would type (each step skipped when its
 output already exists, so a second run only prints):
@@ -62,13 +62,15 @@ def main():
     parser.add_argument("--eval_samples", type=int, default=200)
     parser.add_argument("--context_samples", type=int, default=8)
     parser.add_argument("--random_draws", type=int, default=5)
+    parser.add_argument("--ace_steps", type=int, default=300)
     args = parser.parse_args()
     dissection = os.path.join(ROOT, args.dissection)
     # The causal modes read the dissection in --outdir and write under it (OUTDIR/ace/tree/...).
     common = [f"--flagfile={os.path.join(ROOT, args.flagfile)}", f"--outdir={dissection}", f"--layer={args.layer}"]
     ensure(os.path.join(dissection, "dissect.json"), "--mode=dissect", *common[:2])
     for name in ("tree", "door"):
-        ensure(os.path.join(dissection, "ace", name, "ace.json"), "--mode=ace", f"--class_name={name}", *common)
+        ensure(os.path.join(dissection, "ace", name, "ace.json"), "--mode=ace", f"--class_name={name}",
+               f"--ace_steps={args.ace_steps}", *common)
     ablation = ensure(os.path.join(dissection, "ablate", "tree", "ablation.json"), "--mode=ablate",
                       "--class_name=tree", "--ablate_counts=20", f"--eval_samples={args.eval_samples}",
                       f"--random_draws={args.random_draws}", *common)

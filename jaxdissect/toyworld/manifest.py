@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 
+import numpy as np
+
 from jaxdissect.io import files
 
 MANIFEST = "MANIFEST.json"
@@ -32,11 +34,13 @@ def file_hashes(folder):
     return dict(sorted(hashes.items()))
 
 
-def wall_clock_minutes(workdir):
-    """Minutes from the first to the last logged step of a training run."""
+def wall_clock_minutes(workdir, pause_seconds=600):
+    """Minutes of training from the run's logged steps, leaving out pauses between resumed runs
+    (gaps between consecutive log lines longer than `pause_seconds`)."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        times = [json.loads(line)["time"] for line in f if line.strip()]
-    return round((times[-1] - times[0]) / 60, 1)
+        times = np.array([json.loads(line)["time"] for line in f if line.strip()])
+    gaps = np.diff(times)
+    return round(float(gaps[gaps <= pause_seconds].sum()) / 60, 1)
 
 
 def record(weights, model, command, workdir, metrics):

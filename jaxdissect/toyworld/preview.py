@@ -1,8 +1,10 @@
 """A PNG contact sheet of toy-world scenes, each beside its colour-coded labels.
 
-    python -m jaxdissect.toyworld.preview OUT.png [SEED] [COUNT]
+    python -m jaxdissect.toyworld.preview OUT.png [--seed=0] [--count=64]         # renders, exact labels
+    python -m jaxdissect.toyworld.preview OUT.png --generator=weights/toy/generator \
+        [--segmenter=weights/toy/segmenter]     # generated samples (latent seed --seed), segmented
 """
-import sys
+import argparse
 
 import jax
 import numpy as np
@@ -41,13 +43,31 @@ def preview_grid(images, labels, columns=8, overlay=0.6):
     return sheet
 
 
-def main(argv):
-    out = argv[1]
-    seed = int(argv[2]) if len(argv) > 2 else 0
-    count = int(argv[3]) if len(argv) > 3 else 64
-    images, labels = render(jax.random.PRNGKey(seed), count)
-    Image.fromarray(preview_grid(images, labels)).save(out)
+def generated_samples(generator_path, segmenter_path, seed, count):
+    """(images, labels) of generated samples 0..count-1 of latent seed `seed`, labelled by the segmenter."""
+    from jaxdissect import parallel
+    from jaxdissect.models.load import load_generator
+    from jaxdissect.segmentation.segmenter import Segmenter
+    generator, g_params = load_generator(generator_path)
+    segmenter, s_params = Segmenter.from_model_folder(segmenter_path)
+    images, _ = generator(g_params, parallel.latents(seed, 0, count, generator.latent_size))
+    return images, segmenter.segment(s_params, images)[:, 0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="the PNG to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--generator", help="a generator folder: show its samples instead of renders")
+    parser.add_argument("--segmenter", default="weights/toy/segmenter", help="labels the generated samples")
+    args = parser.parse_args()
+    if args.generator:
+        images, labels = generated_samples(args.generator, args.segmenter, args.seed, args.count)
+    else:
+        images, labels = render(jax.random.PRNGKey(args.seed), args.count)
+    Image.fromarray(preview_grid(images, labels)).save(args.out)
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main()
