@@ -119,10 +119,12 @@ def _joint_increment(state, acts, seg, sample_index):
     Rows with sample_index < 0 are padding and count zero. Label 0 means "no
     label": its joint, class_pixels and act_sum entries stay 0.
 
-    One scatter does all the counting. Label channel 0 labels every pixel
-    exactly once (0 included), so its counts, summed over classes, are the
-    marginal histogram; the other channels are scattered into a second block
-    of class slots and added to the joint afterwards.
+    One scatter of constant ones does all the counting. Label channel 0
+    labels every pixel exactly once (0 included), so its counts, summed over
+    classes, are the marginal histogram; the other channels are scattered
+    into a second block of class slots and added to the joint afterwards.
+    Entries that must not count (padding rows, label 0 in channels >= 1) go to
+    one extra slot past the end, which is dropped.
     """
     units, classes, bins = state.joint.shape
     acts = acts.astype(jnp.float32)
@@ -133,10 +135,11 @@ def _joint_increment(state, acts, seg, sample_index):
     slot = labels + classes * jnp.minimum(jnp.arange(channels), 1)                 # channel >= 1: 2nd block
     counted = valid * jnp.concatenate([jnp.ones_like(labels[..., :1]), labels[..., 1:] > 0], axis=-1)
     slots = classes * min(channels, 2)
+    unused = units * slots * bins                                                  # the extra slot
     unit = jnp.arange(units, dtype=jnp.int32)
     index = (unit[:, None] * slots + slot[..., None, :]) * bins + b[..., :, None]  # (n, h, w, U, K)
-    blocks = jnp.zeros(units * slots * bins, jnp.int32).at[index.ravel()].add(
-        jnp.broadcast_to(counted[..., None, :], index.shape).ravel(), mode="promise_in_bounds")
+    index = jnp.where(counted[..., None, :] > 0, index, unused)
+    blocks = jnp.zeros(unused + 1, jnp.int32).at[index.ravel()].add(1, mode="promise_in_bounds")[:unused]
     blocks = blocks.reshape(units, min(channels, 2), classes, bins)
     marginal = blocks[:, 0].sum(axis=1)                                            # channel 0 over classes
     joint = blocks.sum(axis=1).at[:, 0].set(0)
