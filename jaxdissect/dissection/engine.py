@@ -134,10 +134,13 @@ def collect_statistics(generator, g_params, segmenter, s_params, settings, outdi
                                               len(segmenter.labels), settings.bins) for name in layers}}
     run = _Run(outdir, settings.statistics_key(model_ids or {}))
     state = jax.device_put(run.restore(state), parallel.replicated())
-    if int(state["phase"]) == 1:
-        state = _calibration_pass(generator, g_params, settings, state, run)
-    if int(state["phase"]) == 2:
-        state = _main_pass(generator, g_params, segmenter, s_params, settings, state, run)
+    try:
+        if int(state["phase"]) == 1:
+            state = _calibration_pass(generator, g_params, settings, state, run)
+        if int(state["phase"]) == 2:
+            state = _main_pass(generator, g_params, segmenter, s_params, settings, state, run)
+    finally:
+        run.checkpoints.wait()   # also when interrupted: no save left half-written behind the caller's back
     return {name: (jax.tree.map(parallel.to_host, state["range"][name]),
                    jax.tree.map(parallel.to_host, state["joint"][name])) for name in layers}
 

@@ -27,6 +27,10 @@ class Checkpoints:
         if wait:
             self.manager.wait_until_finished()
 
+    def wait(self):
+        """Returns once every background save has been written."""
+        self.manager.wait_until_finished()
+
     def restore(self, template):
         """The latest state, shaped like `template`; `template` itself if there is none."""
         step = self.manager.latest_step()
