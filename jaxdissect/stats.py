@@ -5,7 +5,7 @@ Two states cover everything dissection needs:
 
 * `RangeStats` (featuremaps only): each unit's min and max and its top-k
   samples by peak activation.
-* `JointStats` (featuremaps upsampled to the segmentation, and the
+* `JointStats` (featuremaps, upsampled to the segmentation inside, and the
   segmentation): for every unit, a histogram of its activation over `bins`
   equal-width bins spanning a fixed range [lo, hi] (values outside fall in
   the end bins), both over all pixels (`marginal`) and over the pixels of
@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxdissect import parallel
+from jaxdissect.segmentation.resample import resize_bilinear
 
 
 class RangeStats(NamedTuple):
@@ -113,8 +114,9 @@ def _range_increment(state, acts, sample_index):
     return RangeStats(minimum, maximum, top_value.T, top_index.T)
 
 
-def _joint_increment(state, acts, seg, sample_index):
-    """Local histograms of upsampled acts (n, h, w, U) against labels (n, K, h, w).
+def _joint_increment(state, featuremap, seg, sample_index):
+    """Local histograms of a featuremap (n, H, W, U), upsampled (bilinear) to the labels' size, against
+    the labels (n, K, h, w).
 
     Rows with sample_index < 0 are padding and count zero. Label 0 means "no
     label": its joint, class_pixels and act_sum entries stay 0.
@@ -125,9 +127,15 @@ def _joint_increment(state, acts, seg, sample_index):
     into a second block of class slots and added to the joint afterwards.
     Entries that must not count (padding rows, label 0 in channels >= 1) go to
     one extra slot past the end, which is dropped.
+
+    The per-class activation sums use sum(up(r) * onehot) = sum(r * up^T(onehot)):
+    the class maps are pulled back to the featuremap's resolution (the
+    transpose of the upsampling) instead of contracting every upsampled pixel.
     """
     units, classes, bins = state.joint.shape
-    acts = acts.astype(jnp.float32)
+    featuremap = featuremap.astype(jnp.float32)
+    size = seg.shape[2:]
+    acts = resize_bilinear(featuremap, size)                                       # (n, h, w, U)
     labels = distinct_labels(seg)                                                  # (n, h, w, K)
     b = bin_index(acts, state.lo, state.hi, bins)                                  # (n, h, w, U)
     valid = (sample_index >= 0).astype(jnp.int32)[:, None, None, None]             # (n, 1, 1, 1)
@@ -145,7 +153,10 @@ def _joint_increment(state, acts, seg, sample_index):
     joint = blocks.sum(axis=1).at[:, 0].set(0)
     labelled = counted * (labels > 0)
     onehot = jnp.sum(jax.nn.one_hot(labels, classes, dtype=jnp.float32) * labelled[..., None], axis=-2)
-    act_sum = jnp.einsum("nhwu,nhwc->uc", acts, onehot, precision=jax.lax.Precision.HIGHEST)
+    pulled_back = jax.linear_transpose(lambda x: resize_bilinear(x, size),
+                                       jax.ShapeDtypeStruct(featuremap.shape[:3] + (classes,), jnp.float32))
+    class_weights = pulled_back(onehot)[0]                                         # (n, H, W, C)
+    act_sum = jnp.einsum("nhwu,nhwc->uc", featuremap, class_weights, precision=jax.lax.Precision.HIGHEST)
     weight = jnp.broadcast_to(valid, labels.shape[:3] + (1,))[..., 0]
     counts = (joint, marginal, jnp.sum(onehot, axis=(0, 1, 2)).astype(jnp.int32), act_sum, jnp.sum(weight))
     counts = jax.lax.psum(counts, parallel.BATCH)
@@ -169,6 +180,6 @@ def range_update(state, acts, sample_index):
     return _sharded(_range_increment, 2)(state, acts, sample_index)
 
 
-def joint_update(state, acts, seg, sample_index):
-    """Folds upsampled featuremaps (N, h, w, U) and segmentations (N, K, h, w) into `state`."""
-    return _sharded(_joint_increment, 3)(state, acts, seg, sample_index)
+def joint_update(state, featuremap, seg, sample_index):
+    """Folds featuremaps (N, H, W, U), upsampled to the segmentations (N, K, h, w), into `state`."""
+    return _sharded(_joint_increment, 3)(state, featuremap, seg, sample_index)

@@ -26,7 +26,6 @@ from jaxdissect import parallel, stats
 from jaxdissect.errors import UserError
 from jaxdissect.io import files
 from jaxdissect.progress import Progress
-from jaxdissect.segmentation.resample import resize_bilinear
 from jaxdissect.training.loop import Checkpoints
 
 # Settings that change the statistics; the others only change how they are read.
@@ -65,13 +64,10 @@ def _featuremaps_fn(generator, layers):
 
 @functools.lru_cache(maxsize=None)
 def _labelled_featuremaps_fn(generator, segmenter, layers, downsample):
-    """(g_params, s_params, z) -> ({layer: featuremap upsampled to the segmentation}, labels, {layer: featuremap})."""
+    """(g_params, s_params, z) -> (labels, {layer: featuremap})."""
     def fn(g_params, s_params, z):
         images, maps = generator(g_params, z, capture=layers)
-        seg = segmenter.segment(s_params, images, downsample)
-        size = seg.shape[2:]
-        upsampled = {name: resize_bilinear(maps[name].astype(jnp.float32), size) for name in layers}
-        return upsampled, seg, maps
+        return segmenter.segment(s_params, images, downsample), maps
     return jax.jit(fn)
 
 
@@ -121,7 +117,7 @@ def collect_statistics(generator, g_params, segmenter, s_params, settings, outdi
                             jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32))
     seg_shape = jax.eval_shape(_labelled_featuremaps_fn(generator, segmenter, layers, settings.downsample),
                                g_params, s_params,
-                               jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32))[1].shape
+                               jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32))[0].shape
     pixels = settings.samples * seg_shape[2] * seg_shape[3]
     if pixels >= 2 ** 31:
         raise UserError(f"{settings.samples} samples at {seg_shape[2]}x{seg_shape[3]} pixels exceed the "
@@ -186,9 +182,9 @@ def _main_pass(generator, g_params, segmenter, s_params, settings, state, run):
     labelled = _labelled_featuremaps_fn(generator, segmenter, tuple(settings.layers), settings.downsample)
 
     def step(state, z, index):
-        maps, seg, raw = labelled(g_params, s_params, z)
+        seg, maps = labelled(g_params, s_params, z)
         for name in settings.layers:
-            state["range"][name] = stats.range_update(state["range"][name], raw[name], index)
+            state["range"][name] = stats.range_update(state["range"][name], maps[name], index)
             state["joint"][name] = stats.joint_update(state["joint"][name], maps[name], seg, index)
         return state
     state = _passes(settings, state, run, "dissection (units x classes)", settings.samples, step,
