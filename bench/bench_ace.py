@@ -45,16 +45,22 @@ def models(args, tmp):
     return generator, g_params, segmenter, s_params
 
 
-def step_rate(args, generator, g_params, segmenter, s_params):
-    """(compile + first step seconds, steps/s after it) of the search's jitted step."""
-    units = generator.featuremap_shape(args.layer)[-1]
-    settings = search.AlphaSearchSettings(layer=args.layer, class_index=args.class_index, steps=args.steps,
-                                          batch_size=args.batch_size, downsample=args.downsample)
+def search_step(generator, segmenter, layer, class_index, batch_size, downsample):
+    """(the search's jitted step, a starting state placed as search.search places it, insertion values)."""
+    units = generator.featuremap_shape(layer)[-1]
+    settings = search.AlphaSearchSettings(layer=layer, class_index=class_index, batch_size=batch_size,
+                                          downsample=downsample)
     opt, step = search._step_fn(generator, segmenter, settings)
     alpha = jnp.full((units,), 0.5, jnp.float32)
     state = jax.device_put({"alpha": alpha, "opt": opt.init(alpha), "step": jnp.zeros((), jnp.int32)},
-                           parallel.replicated())                                  # as search.search places it
-    value = jnp.ones((units,))
+                           parallel.replicated())
+    return step, state, jnp.ones((units,), jnp.float32)
+
+
+def step_rate(args, generator, g_params, segmenter, s_params):
+    """(compile + first step seconds, steps/s after it) of the search's jitted step."""
+    step, state, value = search_step(generator, segmenter, args.layer, args.class_index, args.batch_size,
+                                     args.downsample)
 
     def batch(t):
         start = t * args.batch_size

@@ -21,10 +21,7 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from jaxdissect import parallel
 from jaxdissect.dissection import engine
 from jaxdissect.models.load import load_generator
 from jaxdissect.segmentation.segmenter import Segmenter

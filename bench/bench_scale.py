@@ -39,9 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_ace import search_step
 from measure import function_flops, machine_line, peak_gflops, rate_line, time_calls
 from jaxdissect import parallel
-from jaxdissect.causal import search
 from jaxdissect.dissection import engine
 from jaxdissect.models.load import load_generator
 from jaxdissect.models.proggan import ProGAN
@@ -78,11 +78,6 @@ def upp_resnet50_segmenter():
     return Segmenter.create(config, labels), jax.tree.map(jnp.asarray, params)
 
 
-def toy_segmenter():
-    path = os.path.join(ROOT, "weights", "toy", "segmenter")
-    return Segmenter.from_model_folder(path)
-
-
 def models(config_name):
     """(generator, g_params, segmenter, s_params, where the weights come from)."""
     if config_name == "full":
@@ -96,7 +91,7 @@ def models(config_name):
     else:
         generator = ProGAN(TOY_SIZES)
         g_params, source = numpy_params(generator.init), "seeded generator, weights/toy segmenter"
-    segmenter, s_params = toy_segmenter()
+    segmenter, s_params = Segmenter.from_model_folder(os.path.join(ROOT, "weights", "toy", "segmenter"))
     return generator, g_params, segmenter, s_params, source
 
 
@@ -157,15 +152,7 @@ def bench_dissection(config, generator, g_params, segmenter, s_params, flops, pe
 
 def bench_alpha_search(config, generator, g_params, segmenter, s_params, reps, peak):
     batch = device_multiple(config.ace_batch_size)
-    layer = config.layers[0]
-    units = generator.featuremap_shape(layer)[-1]
-    settings = search.AlphaSearchSettings(layer=layer, class_index=1, batch_size=batch,
-                                          downsample=config.downsample)
-    opt, step = search._step_fn(generator, segmenter, settings)
-    alpha = jnp.full((units,), 0.5, jnp.float32)
-    state = jax.device_put({"alpha": alpha, "opt": opt.init(alpha), "step": jnp.zeros((), jnp.int32)},
-                           parallel.replicated())
-    value = jnp.ones((units,), jnp.float32)
+    step, state, value = search_step(generator, segmenter, config.layers[0], 1, batch, config.downsample)
     z = latent_batch(generator, batch, seed=2)
     flops = function_flops(step, state, g_params, s_params, value, z) / batch
     started = time.perf_counter()
