@@ -126,7 +126,7 @@ def brute_force_ace(gen, params, seg, alpha, value, class_index, z):
         present = np.zeros((8, 8))
         for i in range(8):
             for j in range(8):
-                present[i, j] = pixels[2 * i:2 * i + 2, 2 * j:2 * j + 2].mean() > 0.5
+                present[i, j] = pixels[2 * i:2 * i + 2, 2 * j:2 * j + 2].any()
         ablated, inserted = r[n].copy(), r[n].copy()
         for i in range(8):
             for j in range(8):
