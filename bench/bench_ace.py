@@ -63,9 +63,7 @@ def step_rate(args, generator, g_params, segmenter, s_params):
                                      args.downsample)
 
     def batch(t):
-        start = t * args.batch_size
-        return parallel.global_batch((args.batch_size, generator.latent_size), np.float32,
-                                     lambda a, b: parallel.latents(2, start + a, start + b, generator.latent_size))
+        return parallel.global_indices(t * args.batch_size, args.batch_size, (t + 1) * args.batch_size)
     started = time.time()
     state, metrics = step(state, g_params, s_params, value, batch(0))
     jax.block_until_ready(metrics)

@@ -153,16 +153,16 @@ def bench_dissection(config, generator, g_params, segmenter, s_params, flops, pe
 def bench_alpha_search(config, generator, g_params, segmenter, s_params, reps, peak):
     batch = device_multiple(config.ace_batch_size)
     step, state, value = search_step(generator, segmenter, config.layers[0], 1, batch, config.downsample)
-    z = latent_batch(generator, batch, seed=2)
-    flops = function_flops(step, state, g_params, s_params, value, z) / batch
+    index = parallel.global_indices(0, batch, batch)
+    flops = function_flops(step, state, g_params, s_params, value, index) / batch
     started = time.perf_counter()
-    state, metrics = step(state, g_params, s_params, value, z)
+    state, metrics = step(state, g_params, s_params, value, index)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - started
 
     def one_step():
         nonlocal state
-        state, metrics = step(state, g_params, s_params, value, z)
+        state, metrics = step(state, g_params, s_params, value, index)
         return metrics
     times = time_calls(one_step, (), reps)
     print(rate_line(f"alpha-search step (batch {batch})", batch, times, flops, peak) +

@@ -53,14 +53,28 @@ def global_batch(shape, dtype, rows_fn):
 
 
 def latents(seed, start, stop, latent_size):
-    """The latents of global samples [start, stop): row i depends only on (seed, i)."""
+    """The latents of global samples [start, stop) as numpy: row i depends only on (seed, i)."""
     return np.asarray(_latents(jnp.uint32(seed), jnp.arange(start, stop, dtype=jnp.uint32), latent_size))
+
+
+def latents_at(seed, index, latent_size):
+    """The latents of global samples `index` (N,), traceable: call it inside a jitted step, so that
+    no batch waits for its latents to come back to the host (negative indices: padding rows)."""
+    return _latents(jnp.asarray(seed, jnp.uint32), index.astype(jnp.uint32), latent_size)
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def _latents(seed, indices, latent_size):
     key = jax.random.PRNGKey(seed)
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (latent_size,)))(indices)
+
+
+def global_indices(start, batch_size, limit):
+    """The batch-sharded global sample indices [start, start + batch_size), -1 from `limit` on."""
+    def rows(a, b):
+        index = np.arange(start + a, start + b)
+        return np.where(index < limit, index, -1)
+    return global_batch((batch_size,), np.int32, rows)
 
 
 def to_host(x):

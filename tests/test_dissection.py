@@ -202,19 +202,24 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     settings = planted_settings(samples=100)
     whole = engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path / "whole"))
 
-    real_update = stats.joint_update
-    calls = {"n": 0}
+    real_step_fn = engine._main_step_fn
+    calls = {"n": 0, "die_at": 4}     # the main pass's 4th batch, after a checkpoint at the 2nd
 
-    def dying_update(*args):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Interrupt()
-        return real_update(*args)
-    monkeypatch.setattr(stats, "joint_update", dying_update)
+    def counting_step_fn(*args):
+        fold = real_step_fn(*args)
+
+        def counting_fold(*fold_args):
+            calls["n"] += 1
+            if calls["n"] == calls["die_at"]:
+                raise Interrupt()
+            return fold(*fold_args)
+        return counting_fold
+    monkeypatch.setattr(engine, "_main_step_fn", counting_step_fn)
     with pytest.raises(Interrupt):
         engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path / "resumed"))
-    monkeypatch.setattr(stats, "joint_update", real_update)
+    calls.update(n=0, die_at=None)
     resumed = engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path / "resumed"))
+    assert calls["n"] == 7 - 2        # 7 batches of 16 for 100 samples; the first 2 were checkpointed
     for part_whole, part_resumed in zip(whole["layer"], resumed["layer"]):
         for a, b in zip(part_whole, part_resumed):
             np.testing.assert_array_equal(a, b)

@@ -50,7 +50,8 @@ def _step_fn(generator, segmenter, settings):
                                settings.class_index, z, settings.downsample)
         return -effect["ace"] + settings.l2 * jnp.sum(jnp.square(alpha)), effect
 
-    def step(state, g_params, s_params, value, z):
+    def step(state, g_params, s_params, value, index):
+        z = parallel.latents_at(settings.seed, index, generator.latent_size)
         (value_loss, effect), grad = jax.value_and_grad(loss, has_aux=True)(state["alpha"], g_params, s_params,
                                                                             value, z)
         updates, opt_state = opt.update(grad, state["opt"], state["alpha"])
@@ -74,10 +75,8 @@ def search(generator, g_params, segmenter, s_params, settings, value, alpha0, wo
     t = int(state["step"])
     while t < settings.steps:
         start = t * settings.batch_size
-        z = parallel.global_batch((settings.batch_size, generator.latent_size), np.float32,
-                                  lambda a, b: parallel.latents(settings.seed, start + a, start + b,
-                                                                generator.latent_size))
-        state, metrics = step(state, g_params, s_params, value, z)
+        index = parallel.global_indices(start, settings.batch_size, start + settings.batch_size)
+        state, metrics = step(state, g_params, s_params, value, index)
         t += 1
         if log and (t % settings.log_every == 0 or t == settings.steps):
             log.log(t, metrics, settings.batch_size)

@@ -57,28 +57,35 @@ class DissectSettings:
                 "models": model_ids}
 
 
-@functools.lru_cache(maxsize=None)
-def _featuremaps_fn(generator, layers):
-    return jax.jit(lambda params, z: generator.h(params, z, layers))
+def labelled_featuremaps(generator, segmenter, layers, downsample, g_params, s_params, z):
+    """(labels (N, K, h, w), {layer: featuremap}) of latents z."""
+    images, maps = generator(g_params, z, capture=layers)
+    return segmenter.segment(s_params, images, downsample), maps
 
 
 @functools.lru_cache(maxsize=None)
-def _labelled_featuremaps_fn(generator, segmenter, layers, downsample):
-    """(g_params, s_params, z) -> (labels, {layer: featuremap})."""
-    def fn(g_params, s_params, z):
-        images, maps = generator(g_params, z, capture=layers)
-        return segmenter.segment(s_params, images, downsample), maps
-    return jax.jit(fn)
+def _calibration_step_fn(generator, layers):
+    """jit (ranges, g_params, seed, index) -> ranges with the featuremaps of samples `index` folded in."""
+    def step(ranges, g_params, seed, index):
+        maps = generator.h(g_params, parallel.latents_at(seed, index, generator.latent_size), layers)
+        return {name: stats.range_update(ranges[name], maps[name], index) for name in layers}
+    return jax.jit(step, donate_argnums=0)
 
 
-def sample_batch(seed, start, batch_size, samples, latent_size):
-    """Global batch of latents for samples [start, start + batch_size) and their indices (-1: padding)."""
-    z = parallel.global_batch((batch_size, latent_size), np.float32,
-                              lambda a, b: parallel.latents(seed, start + a, start + b, latent_size))
-    index = parallel.global_batch((batch_size,), np.int32,
-                                  lambda a, b: np.where(np.arange(start + a, start + b) < samples,
-                                                        np.arange(start + a, start + b), -1))
-    return z, index
+@functools.lru_cache(maxsize=None)
+def _main_step_fn(generator, segmenter, layers, downsample):
+    """jit ({'range', 'joint'}, g_params, s_params, seed, index) -> the states with samples `index` folded in.
+
+    One compiled program per batch, latents included: nothing waits on the
+    host between batches.
+    """
+    def step(states, g_params, s_params, seed, index):
+        z = parallel.latents_at(seed, index, generator.latent_size)
+        seg, maps = labelled_featuremaps(generator, segmenter, layers, downsample, g_params, s_params, z)
+        return {"range": {name: stats.range_update(states["range"][name], maps[name], index) for name in layers},
+                "joint": {name: stats.joint_update(states["joint"][name], maps[name], seg, index)
+                          for name in layers}}
+    return jax.jit(step, donate_argnums=0)
 
 
 class _Run:
@@ -113,11 +120,10 @@ def collect_statistics(generator, g_params, segmenter, s_params, settings, outdi
     if settings.batch_size % parallel.batch_multiple():
         raise UserError(f"--batch_size={settings.batch_size} must be a multiple of the "
                         f"{parallel.batch_multiple()} devices")
-    shapes = jax.eval_shape(_featuremaps_fn(generator, layers), g_params,
-                            jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32))
-    seg_shape = jax.eval_shape(_labelled_featuremaps_fn(generator, segmenter, layers, settings.downsample),
-                               g_params, s_params,
-                               jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32))[0].shape
+    z = jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32)
+    seg_shape, shapes = jax.eval_shape(functools.partial(labelled_featuremaps, generator, segmenter, layers,
+                                                         settings.downsample), g_params, s_params, z)
+    seg_shape = seg_shape.shape
     pixels = settings.samples * seg_shape[2] * seg_shape[3]
     if pixels >= 2 ** 31:
         raise UserError(f"{settings.samples} samples at {seg_shape[2]}x{seg_shape[3]} pixels exceed the "
@@ -141,14 +147,13 @@ def collect_statistics(generator, g_params, segmenter, s_params, settings, outdi
                    jax.tree.map(parallel.to_host, state["joint"][name])) for name in layers}
 
 
-def _passes(settings, state, run, label, samples, step, latent_size):
-    """Calls `step(state, z, index)` over the remaining batches of samples [0, samples)."""
+def _passes(settings, state, run, label, samples, step):
+    """Calls `step(state, index)` over the remaining batches of samples [0, samples)."""
     start = int(state["next_sample"])
     progress = Progress(label, samples, start=start)
     batches = 0
     while start < samples:
-        z, index = sample_batch(settings.seed, start, settings.batch_size, samples, latent_size)
-        state = step(state, z, index)
+        state = step(state, parallel.global_indices(start, settings.batch_size, samples))
         start = min(start + settings.batch_size, samples)
         state["next_sample"] = jnp.int32(start)
         progress.update(start)
@@ -160,15 +165,13 @@ def _passes(settings, state, run, label, samples, step, latent_size):
 
 def _calibration_pass(generator, g_params, settings, state, run):
     """Fixes every unit's histogram range from the first calibration samples."""
-    featuremaps = _featuremaps_fn(generator, tuple(settings.layers))
+    fold = _calibration_step_fn(generator, tuple(settings.layers))
 
-    def step(state, z, index):
-        maps = featuremaps(g_params, z)
-        state["calibration"] = {name: stats.range_update(state["calibration"][name], maps[name], index)
-                                for name in settings.layers}
+    def step(state, index):
+        state["calibration"] = fold(state["calibration"], g_params, settings.seed, index)
         return state
     samples = min(settings.calibration_samples, settings.samples)
-    state = _passes(settings, state, run, "calibration (unit ranges)", samples, step, generator.latent_size)
+    state = _passes(settings, state, run, "calibration (unit ranges)", samples, step)
     state["joint"] = {name: stats.joint_init(state["calibration"][name].minimum,
                                              state["calibration"][name].maximum,
                                              state["joint"][name].joint.shape[1], settings.bins)
@@ -179,16 +182,13 @@ def _calibration_pass(generator, g_params, settings, state, run):
 
 
 def _main_pass(generator, g_params, segmenter, s_params, settings, state, run):
-    labelled = _labelled_featuremaps_fn(generator, segmenter, tuple(settings.layers), settings.downsample)
+    fold = _main_step_fn(generator, segmenter, tuple(settings.layers), settings.downsample)
 
-    def step(state, z, index):
-        seg, maps = labelled(g_params, s_params, z)
-        for name in settings.layers:
-            state["range"][name] = stats.range_update(state["range"][name], maps[name], index)
-            state["joint"][name] = stats.joint_update(state["joint"][name], maps[name], seg, index)
+    def step(state, index):
+        state.update(fold({"range": state["range"], "joint": state["joint"]}, g_params, s_params, settings.seed,
+                          index))
         return state
-    state = _passes(settings, state, run, "dissection (units x classes)", settings.samples, step,
-                    generator.latent_size)
+    state = _passes(settings, state, run, "dissection (units x classes)", settings.samples, step)
     state.update(phase=jnp.int32(3))
     run.save(state)
     return state
