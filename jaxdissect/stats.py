@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxdissect import parallel
-from jaxdissect.segmentation.resample import resize_bilinear
+from jaxdissect.segmentation.resample import resize_bilinear, resize_bilinear_transpose
 
 
 class RangeStats(NamedTuple):
@@ -153,9 +153,7 @@ def _joint_increment(state, featuremap, seg, sample_index):
     joint = blocks.sum(axis=1).at[:, 0].set(0)
     labelled = counted * (labels > 0)
     onehot = jnp.sum(jax.nn.one_hot(labels, classes, dtype=jnp.float32) * labelled[..., None], axis=-2)
-    pulled_back = jax.linear_transpose(lambda x: resize_bilinear(x, size),
-                                       jax.ShapeDtypeStruct(featuremap.shape[:3] + (classes,), jnp.float32))
-    class_weights = pulled_back(onehot)[0]                                         # (n, H, W, C)
+    class_weights = resize_bilinear_transpose(onehot, featuremap.shape[1:3])      # (n, H, W, C)
     act_sum = jnp.einsum("nhwu,nhwc->uc", featuremap, class_weights, precision=jax.lax.Precision.HIGHEST)
     weight = jnp.broadcast_to(valid, labels.shape[:3] + (1,))[..., 0]
     counts = (joint, marginal, jnp.sum(onehot, axis=(0, 1, 2)).astype(jnp.int32), act_sum, jnp.sum(weight))

@@ -2,7 +2,8 @@
 
 Every resampling step of the UPerNet segmenters is linear and separable, so it
 is one (out, in) matrix per spatial axis, computed once in float64 numpy at
-trace time and applied with two einsums. This reproduces the PyTorch
+trace time and applied axis by axis (an einsum, or two gathers for the
+two-tap rows of bilinear resizing). This reproduces the PyTorch
 operators exactly, including the cases where library resizers differ
 (`jax.image.resize` antialiases when downsampling; PyTorch's bilinear
 interpolation does not).
@@ -73,10 +74,32 @@ def prroi_whole_map_matrix(n_in, n_out):
 
 def apply_separable(x, row_matrix, col_matrix, precision=None):
     """out[n, i, j, c] = sum_{h, w} row[i, h] * col[j, w] * x[n, h, w, c]."""
-    rows = jnp.asarray(row_matrix, x.dtype)
-    cols = jnp.asarray(col_matrix, x.dtype)
-    x = jnp.einsum("ih,nhwc->niwc", rows, x, precision=precision)
-    return jnp.einsum("jw,niwc->nijc", cols, x, precision=precision)
+    return _apply_axis(_apply_axis(x, row_matrix, 1, precision), col_matrix, 2, precision)
+
+
+# Matrices with at most this many nonzeros per row are applied as gathers.
+_MAX_TAPS = 2
+
+
+def _apply_axis(x, matrix, axis, precision):
+    """out[.., i, ..] = sum_h matrix[i, h] * x[.., h, ..] along `axis`.
+
+    Sparse matrices (bilinear resizing: two taps per output sample) become a
+    weighted sum of two gathers, an elementwise expression the compiler fuses
+    into whatever consumes the result; dense ones (pooling) an einsum. Both
+    add the same nonzero products.
+    """
+    taps = max(int(np.count_nonzero(matrix, axis=1).max()), 1)
+    if taps > _MAX_TAPS:
+        spec = "ih,nhwc->niwc" if axis == 1 else "jw,niwc->nijc"
+        return jnp.einsum(spec, jnp.asarray(matrix, x.dtype), x, precision=precision)
+    index = np.argsort(matrix == 0, axis=1, kind="stable")[:, :taps]          # nonzero columns first
+    weight = np.take_along_axis(matrix, index, axis=1)
+    shape = [1] * x.ndim
+    shape[axis] = matrix.shape[0]
+    terms = [jnp.asarray(weight[:, t], x.dtype).reshape(shape) * jnp.take(x, index[:, t], axis=axis)
+             for t in range(taps)]
+    return functools.reduce(jnp.add, terms)
 
 
 def precision_for(dtype):
@@ -93,6 +116,15 @@ def resize_bilinear(x, size):
         return jnp.broadcast_to(x, (x.shape[0], h_out, w_out, x.shape[3]))
     return apply_separable(x, bilinear_matrix(h_in, h_out), bilinear_matrix(w_in, w_out),
                            precision_for(x.dtype))
+
+
+def resize_bilinear_transpose(y, size):
+    """The transpose (adjoint) of `resize_bilinear` from `size` = (H, W) to y's size: (N, h, w, C) -> (N, H, W, C).
+
+    sum(resize_bilinear(x, (h, w)) * y) == sum(x * resize_bilinear_transpose(y, (H, W))).
+    """
+    (h, w), (h_in, w_in) = y.shape[1:3], size
+    return apply_separable(y, bilinear_matrix(h_in, h).T, bilinear_matrix(w_in, w).T, precision_for(y.dtype))
 
 
 def adaptive_avg_pool(x, size):
