@@ -459,7 +459,8 @@ TOY_SAMPLE = 5
 
 @pytest.fixture(scope="module")
 def toy_server(tmp_path_factory):
-    """The paint mode on a short dissection of the shipped toy models (tree units of layer4 by IoU)."""
+    """The paint mode on a short dissection of the shipped toy models, with the shipped causal concepts
+    (weights/toy/concepts: the alpha search's tree and door units of layer4)."""
     if not os.path.isdir(os.path.join(TOY, "generator")):
         pytest.skip("weights/toy/generator is not shipped")
     outdir = str(tmp_path_factory.mktemp("toy_paint") / "run")
@@ -467,13 +468,24 @@ def toy_server(tmp_path_factory):
                       f"--outdir={outdir}", "--layers=layer4", "--samples=512", "--batch_size=64", "--downsample=2",
                       "--report_images=1")
     assert result.returncode == 0, result.stderr
-    with paint_server(outdir) as url:
+    concepts = ",".join(os.path.join(TOY, "concepts", name, "ace.json") for name in ("tree", "door"))
+    with paint_server(outdir, f"--concepts={concepts}") as url:
         yield url
 
 
+def tree_pixels(images, where):
+    """Pixels the toy segmenter labels tree within `where` (R, R) in each uint8 RGB image."""
+    from jaxdissect.segmentation.segmenter import Segmenter
+    segmenter, params = Segmenter.from_model_folder(os.path.join(TOY, "segmenter"))
+    x = np.stack(images).astype(np.float32) / 127.5 - 1.0
+    labels = np.asarray(segmenter.segment(params, x))[:, 0]
+    return [int(np.sum((label == segmenter.labels.index("tree")) & where)) for label in labels]
+
+
 def test_page_paints_the_toy_models_tree_units_and_undoes_it_in_chromium(toy_server, tmp_path):
-    """Pick a sample and the tree concept, brush a stroke: the image changes inside it and nothing
-    changes beyond the stroke's reach through the generator; undo brings back the original exactly."""
+    """Pick a sample and the tree concept, brush a stroke: trees appear inside it (by the toy
+    segmenter), nothing changes beyond the stroke's reach through the generator; undo brings back the
+    original exactly."""
     if CHROMIUM is None:
         pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
     from playwright import sync_api
@@ -514,6 +526,8 @@ def test_page_paints_the_toy_models_tree_units_and_undoes_it_in_chromium(toy_ser
             near = distance <= brush / 2 + cell + pixels
             assert changed[inside].mean() > 0.5
             assert not changed[~near].any()
+            trees_before, trees_after = tree_pixels([original, painted], inside)
+            assert trees_after - trees_before > 0.2 * inside.sum(), (trees_before, trees_after, inside.sum())
 
             page.click("#undo")
             wait_for_strokes(page, 0)

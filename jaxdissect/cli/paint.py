@@ -19,6 +19,8 @@ from jaxdissect.errors import UserError
 
 flags.DEFINE_string("paint_layer", None, "paint: layer of the concepts taken from the dissection's IoU "
                     "ranking (default: its first dissected layer); ace/*/ace.json concepts keep their own.")
+flags.DEFINE_list("concepts", [], "paint: ace.json files of causal concepts to offer besides the dissection's "
+                  "own (e.g. weights/toy/concepts/tree/ace.json); they win over same-named ones.")
 flags.DEFINE_integer("paint_units", 20, "paint: units per concept taken from the IoU ranking (the paper: 20).")
 flags.DEFINE_integer("max_strokes", 64, "paint: most strokes one render takes (more is refused; the renderer "
                      "is compiled for exactly this many).")
@@ -43,7 +45,7 @@ def run_paint():
         if not ok:
             raise UserError(f"--{name}={FLAGS[name].value}: out of range")
     listener = listen(FLAGS.host, FLAGS.port)  # before the slow part, so a taken port fails at once
-    concepts = load_concepts(outdir, FLAGS.paint_layer, FLAGS.paint_units)
+    concepts = load_concepts(outdir, FLAGS.paint_layer, FLAGS.paint_units, FLAGS.concepts)
     if not FLAGS["generator"].present:
         FLAGS.generator = recorded_flag(outdir, "generator")
     generator, params = load_generator_flag()

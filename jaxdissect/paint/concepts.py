@@ -3,7 +3,8 @@
 Painting a concept on switches its units to their values inside the brush
 mask (insertion); painting it off sets them to zero there (ablation).
 
-A dissection folder provides them in two ways:
+A dissection folder provides them in two ways (and `--concepts` adds
+ace.json files from elsewhere, such as the toy world's shipped ones):
 - `ace/CLASS/ace.json` (written by --mode=ace): the class's causal units, as
   found by the alpha search, with their insertion values. Preferred.
 - otherwise, for each class that labels at least one interpretable unit of
@@ -30,14 +31,15 @@ class Concept:
     source: str       # the file it was read from, for messages
 
 
-def load_concepts(outdir, layer=None, n_units=20):
-    """Concepts of a finished dissection, sorted by name; ACE results win over the IoU fallback.
+def load_concepts(outdir, layer=None, n_units=20, ace_files=()):
+    """Concepts of a finished dissection, sorted by name; ACE results win over the IoU fallback, and
+    the ace.json files in `ace_files` (e.g. weights/toy/concepts/*/ace.json) over the dissection's.
 
     `layer` is the fallback's layer (default: the first dissected layer) and
     `n_units` how many of its top units by IoU make a concept.
     """
     dissection = Dissection(outdir)
-    concepts = {c.name: c for c in ace_concepts(outdir)}
+    concepts = {c.name: c for c in [*ace_concepts(outdir), *map(read_ace_concept, ace_files)]}
     for concept in dissection_concepts(dissection, layer or dissection.layers[0], n_units):
         concepts.setdefault(concept.name, concept)
     if not concepts:
