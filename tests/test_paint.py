@@ -432,7 +432,9 @@ def test_paint_mode_refusals_are_one_line(tmp_path, painted_dissection):
                            ([f"--dissection={painted_dissection}", f"--port={port}"], f"--port={port}: cannot listen"),
                            ([f"--dissection={tmp_path}"], "no dissect.json"),
                            ([f"--dissection={painted_dissection}", "--paint_layer=layer9"], "layer9"),
-                           ([f"--dissection={painted_dissection}", "--max_strokes=0"], "--max_strokes=0")):
+                           ([f"--dissection={painted_dissection}", "--max_strokes=0"], "--max_strokes=0"),
+                           ([f"--dissection={painted_dissection}", f"--concepts={tmp_path}/tree.json"],
+                            f"{tmp_path}/tree.json: no such ace.json")):
         result = run_main("--mode=paint", *args)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert fragment in result.stderr.strip().splitlines()[-1]
