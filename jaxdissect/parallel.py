@@ -40,6 +40,14 @@ def batch_multiple():
     return batch_mesh().size
 
 
+def wait_for_all_processes(name):
+    """Blocks until every process reaches the point called `name` (nothing to wait for in one process),
+    e.g. before reading back files that process 0 writes."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def global_batch(shape, dtype, rows_fn):
     """A batch-sharded global array; `rows_fn(start, stop)` makes rows [start, stop) on this host.
 

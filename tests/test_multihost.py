@@ -1,5 +1,6 @@
 """Dissection and the alpha search in 2 jax.distributed processes (2 CPU devices each, gloo
 collectives on 127.0.0.1) give the results of a single process."""
+import json
 import os
 import socket
 import subprocess
@@ -62,3 +63,49 @@ def test_two_processes_equal_one(tmp_path):
             np.testing.assert_allclose(one[key], two[key], rtol=1e-5, atol=1e-6, err_msg=key)
         else:
             np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+
+
+def test_main_py_dissection_in_two_processes_equals_one(tmp_path):
+    """The README's multi-host flags: `main.py --mode=dissect --coordinator=... --num_processes=2
+    --process_id=i` in two processes (2 devices each) writes the statistics and labels of one process.
+
+    The models' float outputs differ in the last bits with the partitioning, so float statistics agree
+    to float tolerance; the counts, and the labels drawn from them, exactly."""
+    sys.path.insert(0, TESTS)
+    from cli_helpers import REPO
+    from tiny_models import write_tiny_generator, write_tiny_segmenter
+    write_tiny_generator(str(tmp_path / "gen"))
+    write_tiny_segmenter(str(tmp_path / "seg"))
+    flags = ["--mode=dissect", f"--generator={tmp_path}/gen", f"--segmenter={tmp_path}/seg", "--layers=layer2,layer4",
+             "--samples=24", "--batch_size=8", "--bins=32", "--top_k=3", "--report_images=1"]
+
+    def main_py(outdir, devices, *extra):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        return subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"), *flags, f"--outdir={outdir}",
+                                 *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    port = free_port()
+    runs = [main_py(tmp_path / "one", 1)]
+    runs += [main_py(tmp_path / "two", 2, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+                     f"--process_id={i}") for i in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    for run, output in zip(runs, outputs):
+        assert run.returncode == 0, "\n\n".join(output[-2000:] for output in outputs)
+    for layer in ("layer2", "layer4"):
+        one, two = (np.load(tmp_path / name / "stats" / f"{layer}.npz") for name in ("one", "two"))
+        assert sorted(one.files) == sorted(two.files)
+        for key in one.files:
+            if one[key].dtype.kind == "f":   # the models' float rounding differs with the partitioning
+                np.testing.assert_allclose(one[key], two[key], rtol=1e-5, atol=1e-6, err_msg=f"{layer} {key}")
+            else:
+                np.testing.assert_array_equal(one[key], two[key], err_msg=f"{layer} {key}")
+    summaries = [json.loads((tmp_path / name / "dissect.json").read_text()) for name in ("one", "two")]
+    for layer, one in summaries[0]["layers"].items():
+        two = summaries[1]["layers"][layer]
+        assert (one["labels"], one["interpretable_units"]) == (two["labels"], two["interpretable_units"])
+        for a, b in zip(one["unit"], two["unit"]):
+            exact = ("label", "category", "interpretable", "iou", "iqr", "agreement", "top_samples")
+            assert {k: a[k] for k in exact} == {k: b[k] for k in exact}
+            np.testing.assert_allclose([a["threshold"], *a["top_peaks"]], [b["threshold"], *b["top_peaks"]],
+                                       rtol=1e-5)
+    assert (tmp_path / "two" / "report.html").is_file()

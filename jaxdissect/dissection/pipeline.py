@@ -3,6 +3,7 @@ import dataclasses
 
 import jax
 
+from jaxdissect import parallel
 from jaxdissect.dissection import engine, results
 from jaxdissect.report import html, unit_images
 
@@ -19,6 +20,7 @@ def dissect(generator, g_params, segmenter, s_params, settings, outdir, run_info
         results.write_statistics(outdir, collected, settings)
         summary = results.summarize(collected, settings, segmenter.labels, segmenter.label_categories)
         write_summary_and_report(outdir, summary, generator, g_params, settings, run_info, report_images)
+    parallel.wait_for_all_processes("dissection written")
     return results.Dissection(outdir)
 
 
