@@ -20,7 +20,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdissect import parallel, stats
 from jaxdissect.errors import UserError
