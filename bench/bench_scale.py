@@ -37,7 +37,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bench_ace import search_step
 from measure import function_flops, machine_line, peak_gflops, rate_line, time_calls
@@ -101,18 +100,13 @@ def device_multiple(n):
     return -(-n // m) * m
 
 
-def latent_batch(generator, batch, seed=0):
-    return parallel.global_batch((batch, generator.latent_size), np.float32,
-                                 lambda a, b: parallel.latents(seed, a, b, generator.latent_size))
-
-
 def bench_config(config, reps, peak):
     generator, g_params, segmenter, s_params, source = models(config.name)
     batch, layers = device_multiple(config.batch_size), config.layers
     print(f"\n{config.name}: {generator.resolution}x{generator.resolution} ProGAN {list(generator.sizes)}, "
           f"UPerNet {segmenter.config.variant} depths {list(segmenter.config.depths)} ({source}); "
           f"batch {batch}, layers {','.join(layers)}, downsample {config.downsample}")
-    z = latent_batch(generator, batch)
+    z = parallel.global_latents(0, 0, batch, generator.latent_size)
     generate = jax.jit(lambda p, z: generator(p, z)[0])
     segment = jax.jit(lambda p, x: segmenter.segment(p, x, config.downsample))
 

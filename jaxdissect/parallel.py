@@ -77,6 +77,13 @@ def _latents(seed, indices, latent_size):
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (latent_size,)))(indices)
 
 
+def global_latents(seed, start, batch_size, latent_size):
+    """The batch-sharded latents of global samples [start, start + batch_size), built on the host (for
+    loops that read every batch back anyway; jitted steps take `global_indices` and `latents_at`)."""
+    return global_batch((batch_size, latent_size), np.float32,
+                        lambda a, b: latents(seed, start + a, start + b, latent_size))
+
+
 def global_indices(start, batch_size, limit):
     """The batch-sharded global sample indices [start, start + batch_size), -1 from `limit` on."""
     def rows(a, b):

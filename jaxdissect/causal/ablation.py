@@ -68,8 +68,7 @@ def class_pixels(generator, g_params, segmenter, s_params, layer, unit_sets, cla
     totals = np.zeros(len(unit_sets), np.int64)
     progress = Progress(f"ablation ({len(unit_sets)} unit sets)", samples)
     for start in range(0, samples, batch_size):
-        z = parallel.global_batch((batch_size, generator.latent_size), np.float32,
-                                  lambda a, b: parallel.latents(seed, start + a, start + b, generator.latent_size))
+        z = parallel.global_latents(seed, start, batch_size, generator.latent_size)
         valid = np.arange(start, start + batch_size) < samples
         r = featuremap(g_params, z)
         for i in range(len(unit_sets)):

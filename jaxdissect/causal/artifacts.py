@@ -83,8 +83,7 @@ def _batches(generator, seed, samples, batch_size):
     if batch_size % parallel.batch_multiple():
         raise UserError(f"batch size {batch_size} must be a multiple of the {parallel.batch_multiple()} devices")
     for start in range(0, samples, batch_size):
-        z = parallel.global_batch((batch_size, generator.latent_size), np.float32,
-                                  lambda a, b: parallel.latents(seed, start + a, start + b, generator.latent_size))
+        z = parallel.global_latents(seed, start, batch_size, generator.latent_size)
         yield z, min(batch_size, samples - start)
 
 
