@@ -10,6 +10,7 @@ import pytest
 
 from jaxdissect import stats
 from jaxdissect.dissection import engine, measures, results
+from jaxdissect.segmentation import resample
 
 sys.path.insert(0, os.path.dirname(__file__))
 import planted  # noqa: E402
@@ -91,6 +92,41 @@ def test_streaming_stats_equal_brute_force(calibrated):
             np.testing.assert_allclose(js.act_sum[u, c], acts[..., u][masks[..., c]].sum(), rtol=1e-5)
     np.testing.assert_array_equal(js.class_pixels, masks.sum(axis=(0, 1, 2)))
     assert js.pixels == acts[..., 0].size
+
+
+@pytest.mark.parametrize("chunk_entries", [None, 300])
+def test_upsampled_histograms_equal_brute_force(monkeypatch, chunk_entries):
+    """A 5x5 featuremap against 12x12 labels: the histograms count the bilinearly upsampled activations.
+
+    The reference upsamples in float64 numpy; an entry may fall in the
+    neighbouring bin only if its value lies within 1e-5 of a bin edge. With
+    chunk_entries=300 each batch is counted one sample at a time.
+    """
+    if chunk_entries is not None:
+        monkeypatch.setattr(stats, "SCATTER_CHUNK_ENTRIES", chunk_entries)
+        stats._sharded.cache_clear()
+    classes = 4
+    acts, seg = random_case(5, n=7, hw=12)
+    small = acts[:, ::3, ::3][:, :4]                        # any 4x4 map; numbers need not relate
+    small = np.concatenate([small, small[:, :1]], axis=1)[:, :, :4]
+    small = np.concatenate([small, small[:, :, :1]], axis=2)  # (n, 5, 5, U)
+    lo, hi = small.min(axis=(0, 1, 2)), small.max(axis=(0, 1, 2))
+    _, js = run_stats(small, seg, classes, lo=lo, hi=hi)
+    stats._sharded.cache_clear()
+    rows, cols = resample.bilinear_matrix(5, 12), resample.bilinear_matrix(5, 12)
+    up = np.einsum("ih,jw,nhwu->niju", rows, cols, small.astype(np.float64))
+    width = (hi.astype(np.float64) - lo) / BINS
+    position = (up - lo) / width
+    b = np.clip(np.floor(position), 0, BINS - 1).astype(np.int64)
+    near_edge = np.abs(position - np.round(position)) < 1e-5 / width
+    masks = brute_class_masks(seg, classes)
+    for u in range(small.shape[-1]):
+        slack = int(near_edge[..., u].sum())
+        assert np.abs(js.marginal[u] - np.bincount(b[..., u].ravel(), minlength=BINS)).sum() <= 2 * slack
+        for c in range(classes):
+            expect = np.bincount(b[..., u][masks[..., c]], minlength=BINS)
+            assert np.abs(js.joint[u, c] - expect).sum() <= 2 * slack
+            assert js.joint[u, c].sum() == masks[..., c].sum()
 
 
 def brute_counts(a_bins, mask, j):
