@@ -80,7 +80,7 @@ def main():
     segmenter, s_params = Segmenter.from_model_folder(args.segmenter)
     layers = tuple(args.layers.split(","))
     settings = engine.DissectSettings(layers=layers, samples=args.samples, batch_size=args.batch_size,
-                                      downsample=args.downsample, checkpoint_every=10 ** 9)
+                                      downsample=args.downsample)
     if args.child:
         engine.collect_statistics(generator, g_params, segmenter, s_params, settings, args.outdir)
         print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

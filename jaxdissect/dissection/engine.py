@@ -64,16 +64,18 @@ def labelled_featuremaps(generator, segmenter, layers, downsample, g_params, s_p
 
 @functools.lru_cache(maxsize=None)
 def _calibration_step_fn(generator, layers):
-    """jit (ranges, g_params, seed, index) -> ranges with the featuremaps of samples `index` folded in."""
+    """jit (ranges, g_params, seed, index) -> (ranges with the featuremaps of samples `index` folded in,
+    samples done: the last index + 1)."""
     def step(ranges, g_params, seed, index):
         maps = generator.h(g_params, parallel.latents_at(seed, index, generator.latent_size), layers)
-        return {name: stats.range_update(ranges[name], maps[name], index) for name in layers}
+        return {name: stats.range_update(ranges[name], maps[name], index) for name in layers}, jnp.max(index) + 1
     return jax.jit(step, donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=None)
 def _main_step_fn(generator, segmenter, layers, downsample):
-    """jit ({'range', 'joint'}, g_params, s_params, seed, index) -> the states with samples `index` folded in.
+    """jit ({'range', 'joint'}, g_params, s_params, seed, index) -> (the states with samples `index` folded
+    in, samples done: the last index + 1).
 
     One compiled program per batch, latents included: nothing waits on the
     host between batches.
@@ -83,7 +85,7 @@ def _main_step_fn(generator, segmenter, layers, downsample):
         seg, maps = labelled_featuremaps(generator, segmenter, layers, downsample, g_params, s_params, z)
         return {"range": {name: stats.range_update(states["range"][name], maps[name], index) for name in layers},
                 "joint": {name: stats.joint_update(states["joint"][name], maps[name], seg, index)
-                          for name in layers}}
+                          for name in layers}}, jnp.max(index) + 1
     return jax.jit(step, donate_argnums=0)
 
 
@@ -147,18 +149,27 @@ def collect_statistics(generator, g_params, segmenter, s_params, settings, outdi
 
 
 def _passes(settings, state, run, label, samples, step):
-    """Calls `step(state, index)` over the remaining batches of samples [0, samples)."""
+    """Calls `step(state, index) -> (state, samples done)` over the remaining batches of samples [0, samples).
+
+    Progress shows finished batches: before reporting a batch, the loop
+    waits for it while the next one is already queued, so the device never
+    idles and the rate and eta are true.
+    """
     start = int(state["next_sample"])
     progress = Progress(label, samples, start=start)
-    batches = 0
+    batches, queued = 0, None
     while start < samples:
-        state = step(state, parallel.global_indices(start, settings.batch_size, samples))
+        state, done = step(state, parallel.global_indices(start, settings.batch_size, samples))
         start = min(start + settings.batch_size, samples)
         state["next_sample"] = jnp.int32(start)
-        progress.update(start)
+        if queued is not None:
+            progress.update(int(queued))
+        queued = done
         batches += 1
         if batches % settings.checkpoint_every == 0 and start < samples:
             run.save(state, wait=False)   # written while the next batches run
+    if queued is not None:
+        progress.update(int(queued))
     return state
 
 
@@ -167,8 +178,8 @@ def _calibration_pass(generator, g_params, settings, state, run):
     fold = _calibration_step_fn(generator, tuple(settings.layers))
 
     def step(state, index):
-        state["calibration"] = fold(state["calibration"], g_params, settings.seed, index)
-        return state
+        state["calibration"], done = fold(state["calibration"], g_params, settings.seed, index)
+        return state, done
     samples = min(settings.calibration_samples, settings.samples)
     state = _passes(settings, state, run, "calibration (unit ranges)", samples, step)
     state["joint"] = {name: stats.joint_init(state["calibration"][name].minimum,
@@ -184,9 +195,10 @@ def _main_pass(generator, g_params, segmenter, s_params, settings, state, run):
     fold = _main_step_fn(generator, segmenter, tuple(settings.layers), settings.downsample)
 
     def step(state, index):
-        state.update(fold({"range": state["range"], "joint": state["joint"]}, g_params, s_params, settings.seed,
-                          index))
-        return state
+        folded, done = fold({"range": state["range"], "joint": state["joint"]}, g_params, s_params, settings.seed,
+                            index)
+        state.update(folded)
+        return state, done
     state = _passes(settings, state, run, "dissection (units x classes)", settings.samples, step)
     state.update(phase=jnp.int32(3))
     run.save(state)
