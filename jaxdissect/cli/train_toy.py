@@ -16,6 +16,12 @@ flags.DEFINE_list("gan_sizes", ["128", "128", "128", "32", "16", "8"],
 flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate.")
 flags.DEFINE_float("r1_gamma", 0.2, "Weight of the R1 gradient penalty on real images (GAN training).")
 flags.DEFINE_integer("train_seed", 0, "Seed of the initial weights and of the training data stream.")
+flags.DEFINE_string("init_from", None,
+                    "GAN training only: a folder with generator/ and discriminator/ model folders (e.g. weights/toy) "
+                    "to fine-tune from, with fresh optimisers. Used when --workdir has no checkpoint yet.")
+flags.DEFINE_list("favour_classes", [],
+                  "GAN training only: CLASS:ODDS pairs (e.g. dome:3); real scenes showing CLASS are drawn ODDS "
+                  "times as often, to rebalance classes the generator under-draws.")
 flags.DEFINE_list("seg_depths", ["1", "1", "1", "1"], "Bottlenecks per ResNet stage of the toy segmenter.")
 flags.DEFINE_integer("seg_fpn_dim", 64, "Channels of the toy segmenter's pyramid pooling and FPN.")
 flags.DEFINE_list("seg_ppm_scales", ["1", "2", "4"], "Pooled sizes of the toy segmenter's pyramid pooling module.")
@@ -34,9 +40,64 @@ def run_train_gan():
     config = gan.GANConfig(sizes=tuple(int(s) for s in FLAGS.gan_sizes), batch_size=FLAGS.train_batch_size,
                            steps=FLAGS.train_steps, learning_rate=FLAGS.learning_rate,
                            r1_gamma=FLAGS.r1_gamma, seed=FLAGS.train_seed)
+    odds = class_odds(FLAGS.favour_classes, world.CLASS_NAMES)
+    initial_state = None
+    if FLAGS.init_from:
+        initial_state = gan.state_from_models(config, *trained_gan(FLAGS.init_from, config))
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    state = gan.train(config, FLAGS.workdir, lambda key, n: world.render(key, n, config.generator.resolution)[0])
-    export_gan(config, state, FLAGS.workdir)
+    resolution = config.generator.resolution
+    if odds is None:
+        sample_real = lambda key, n: world.render(key, n, resolution)[0]
+    else:
+        sample_real = lambda key, n: world.render_favouring(key, n, odds, resolution)[0]
+    state = gan.train(config, FLAGS.workdir, sample_real, initial_state)
+    lineage = {"init_from": FLAGS.init_from, "favour_classes": list(FLAGS.favour_classes)}
+    export_gan(config, state, FLAGS.workdir, {k: v for k, v in lineage.items() if v})
+
+
+def class_odds(pairs, class_names):
+    """Per-class odds from CLASS:ODDS strings (1 for classes not named); None when `pairs` is empty."""
+    from jaxdissect.errors import UserError
+
+    if not pairs:
+        return None
+    odds = [1.0] * len(class_names)
+    for pair in pairs:
+        name, _, value = pair.partition(":")
+        if name not in class_names[1:]:
+            raise UserError(f"--favour_classes: unknown class {name!r}; the toy world has "
+                            f"{', '.join(class_names[1:])}")
+        try:
+            value = float(value)
+        except ValueError:
+            raise UserError(f"--favour_classes: {pair!r} is not CLASS:ODDS with a number for ODDS") from None
+        if value <= 0:
+            raise UserError(f"--favour_classes: odds must be positive, got {pair!r}")
+        odds[class_names.index(name)] = value
+    return odds
+
+
+def trained_gan(folder, config):
+    """(generator params, discriminator params) from FOLDER/generator and FOLDER/discriminator, checked
+    against the architecture of `config` (--gan_sizes)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdissect.checkpoint import load_model
+    from jaxdissect.errors import UserError
+    from jaxdissect.models.load import load_generator
+
+    generator, g_params = load_generator(os.path.join(folder, "generator"))
+    if tuple(generator.sizes) != config.sizes:
+        raise UserError(f"--init_from={folder}: its generator has sizes {list(generator.sizes)}, "
+                        f"--gan_sizes asks for {list(config.sizes)}")
+    d_params, _ = load_model(os.path.join(folder, "discriminator"), kind="proggan_discriminator")
+    res = config.generator.resolution
+    expected = jax.eval_shape(config.discriminator.init, jax.random.key(0), jnp.zeros((1, res, res, 3)))
+    if jax.tree.structure(d_params) != jax.tree.structure(expected) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(d_params), jax.tree.leaves(expected))):
+        raise UserError(f"--init_from={folder}: discriminator parameters do not fit --gan_sizes")
+    return g_params, jax.tree.map(jnp.asarray, d_params)
 
 
 def exported_steps(dst):
@@ -60,10 +121,14 @@ def export(dst, steps, write):
     print(f"exported {dst} (step {steps})")
 
 
-def export_gan(config, state, workdir):
-    """Writes WORKDIR/generator (the EMA weights) and WORKDIR/discriminator as model folders."""
+def export_gan(config, state, workdir, lineage):
+    """Writes WORKDIR/generator (the EMA weights) and WORKDIR/discriminator as model folders.
+
+    `lineage` (the --init_from folder and --favour_classes, when given) is recorded in their meta.json.
+    """
     steps = int(state["step"])
-    source = {"trained_on": "jaxdissect toy world", "steps": steps, "config": dataclasses.asdict(config)}
+    source = {"trained_on": "jaxdissect toy world", "steps": steps, "config": dataclasses.asdict(config),
+              **lineage}
     targets = {"generator": (state["g_ema"], config.generator.meta(source)),
                "discriminator": (state["d"], {"kind": "proggan_discriminator",
                                               "widths": list(config.sizes[1:]), "source": source})}

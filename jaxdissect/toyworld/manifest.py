@@ -7,7 +7,9 @@
 Each call records (or replaces) one model's entry: the training command, its
 seed and steps (from the model's meta.json), the training wall-clock (from
 the run's metrics.jsonl), the given metrics; then rehashes every file under
-the weights folder.
+the weights folder. A model fine-tuned from the shipped one (its meta.json
+names an `init_from`) keeps the entry of the model it started from, under
+"fine_tuned_from".
 """
 import argparse
 import hashlib
@@ -54,6 +56,10 @@ def record(weights, model, command, workdir, metrics):
     if os.path.isfile(path):
         with open(path) as f:
             manifest = json.load(f)
+    if source.get("init_from"):
+        previous = manifest["models"].get(model, {})
+        entry["fine_tuned_from"] = (previous.get("fine_tuned_from") if previous.get("command") == command
+                                    else previous)
     manifest["models"][model] = entry
     manifest["files"] = file_hashes(weights)
     manifest["total_bytes"] = sum(os.path.getsize(os.path.join(weights, p)) for p in manifest["files"])

@@ -36,6 +36,28 @@ def render(key, batch_size, resolution=64):
     return draw_layouts(sample_layouts(key, batch_size, resolution), resolution)
 
 
+def render_favouring(key, batch_size, class_odds, resolution=64, pool_factor=4):
+    """Like `render`, but scenes showing class c are `class_odds[c]` times as likely to be drawn.
+
+    `class_odds` has one entry per CLASS_NAMES, 1 for classes left alone. The
+    batch is drawn from a pool of `pool_factor * batch_size` renders (see
+    `favoured_picks`), so the tilt is exact only as the pool grows; it serves
+    to rebalance training data, not to measure.
+    """
+    pool_key, pick_key = jax.random.split(key)
+    images, labels = render(pool_key, batch_size * pool_factor, resolution)
+    picked = favoured_picks(pick_key, labels, batch_size, class_odds)
+    return images[picked], labels[picked]
+
+
+def favoured_picks(key, labels, count, class_odds):
+    """Indices of `count` distinct scenes of `labels` (P, H, W), drawn with odds proportional to the
+    product of `class_odds[c]` over the classes c each scene shows (Gumbel top-k)."""
+    shown = jax.vmap(lambda l: jnp.bincount(l.ravel(), length=len(class_odds)) > 0)(labels)
+    log_odds = shown @ jnp.log(jnp.asarray(class_odds, jnp.float32))
+    return jax.lax.top_k(log_odds + jax.random.gumbel(key, log_odds.shape), count)[1]
+
+
 def sample_layouts(key, batch_size, resolution=64):
     """The layouts `render(key, batch_size, resolution)` draws (a dict of batched arrays)."""
     keys = jax.random.split(key, batch_size)

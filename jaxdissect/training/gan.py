@@ -47,13 +47,17 @@ def adam(config):
 def init_state(config):
     """Fresh training state: both networks, their optimisers, the generator EMA."""
     kg, kd = jax.random.split(jax.random.PRNGKey(config.seed))
-    g_params = config.generator.init(kg)
     res = config.generator.resolution
-    d_params = config.discriminator.init(kd, jnp.zeros((1, res, res, 3)))
+    return state_from_models(config, config.generator.init(kg),
+                             config.discriminator.init(kd, jnp.zeros((1, res, res, 3))))
+
+
+def state_from_models(config, g_params, d_params):
+    """A training state that starts from trained networks (fine-tuning): fresh optimisers, step 0, and the
+    generator's EMA starting at the generator itself."""
     opt = adam(config)
     return {"step": jnp.zeros((), jnp.int32), "g": g_params, "g_ema": jax.tree.map(jnp.copy, g_params),
-            "d": d_params,
-            "g_opt": opt.init(g_params), "d_opt": opt.init(d_params)}
+            "d": d_params, "g_opt": opt.init(g_params), "d_opt": opt.init(d_params)}
 
 
 def make_train_step(config, sample_real: Callable):
@@ -101,10 +105,13 @@ def make_train_step(config, sample_real: Callable):
     return jax.jit(step, static_argnums=1, donate_argnums=0)
 
 
-def train(config, workdir, sample_real):
-    """Runs (or resumes) training until `config.steps`; returns the final state."""
+def train(config, workdir, sample_real, initial_state=None):
+    """Runs (or resumes) training until `config.steps`; returns the final state.
+
+    Without a checkpoint in `workdir`, starts from `initial_state` (default: fresh networks).
+    """
     checkpoints = Checkpoints(workdir)
-    state = checkpoints.restore(init_state(config))
+    state = checkpoints.restore(initial_state if initial_state is not None else init_state(config))
     step_fn = make_train_step(config, sample_real)
     log = MetricLog(workdir, config.steps, "gan")
     step = int(state["step"])
