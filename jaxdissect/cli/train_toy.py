@@ -80,10 +80,7 @@ def class_odds(pairs, class_names):
 def trained_gan(folder, config):
     """(generator params, discriminator params) from FOLDER/generator and FOLDER/discriminator, checked
     against the architecture of `config` (--gan_sizes)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxdissect.checkpoint import load_model
+    from jaxdissect.causal.artifacts import load_discriminator
     from jaxdissect.errors import UserError
     from jaxdissect.models.load import load_generator
 
@@ -91,13 +88,12 @@ def trained_gan(folder, config):
     if tuple(generator.sizes) != config.sizes:
         raise UserError(f"--init_from={folder}: its generator has sizes {list(generator.sizes)}, "
                         f"--gan_sizes asks for {list(config.sizes)}")
-    d_params, _ = load_model(os.path.join(folder, "discriminator"), kind="proggan_discriminator")
-    res = config.generator.resolution
-    expected = jax.eval_shape(config.discriminator.init, jax.random.key(0), jnp.zeros((1, res, res, 3)))
-    if jax.tree.structure(d_params) != jax.tree.structure(expected) or any(
-            a.shape != b.shape for a, b in zip(jax.tree.leaves(d_params), jax.tree.leaves(expected))):
-        raise UserError(f"--init_from={folder}: discriminator parameters do not fit --gan_sizes")
-    return g_params, jax.tree.map(jnp.asarray, d_params)
+    discriminator, d_params = load_discriminator(os.path.join(folder, "discriminator"),
+                                                 config.generator.resolution)
+    if tuple(discriminator.widths) != config.sizes[1:]:
+        raise UserError(f"--init_from={folder}: its discriminator has widths {list(discriminator.widths)}, "
+                        f"--gan_sizes asks for {list(config.sizes[1:])}")
+    return g_params, d_params
 
 
 def exported_steps(dst):
