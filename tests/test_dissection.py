@@ -28,8 +28,8 @@ def random_case(seed, n=10, hw=12, units=5, classes=4, k=2):
     return acts, seg
 
 
-def run_stats(acts, seg, classes, batch=4, lo=None, hi=None):
-    """Streams the case in batches of `batch` (last one padded); bins over [lo, hi] (default: min, max)."""
+def run_stats(acts, seg, classes, batch=4, lo=None, hi=None, bins=BINS):
+    """Streams the case in batches of `batch` (last one padded); `bins` over [lo, hi] (default: min, max)."""
     n, _, _, units = acts.shape
     rs = stats.range_init(units, 3)
     for start in range(0, n, batch):
@@ -37,7 +37,7 @@ def run_stats(acts, seg, classes, batch=4, lo=None, hi=None):
         rs = stats.range_update(rs, a, idx)
     lo = rs.minimum if lo is None else lo
     hi = rs.maximum if hi is None else hi
-    js = stats.joint_init(lo, hi, classes, BINS)
+    js = stats.joint_init(lo, hi, classes, bins)
     for start in range(0, n, batch):
         a, idx = pad_batch(acts, start, batch)
         s, _ = pad_batch(seg, start, batch)
@@ -94,13 +94,24 @@ def test_streaming_stats_equal_brute_force(calibrated):
     assert js.pixels == acts[..., 0].size
 
 
-@pytest.mark.parametrize("chunk_entries", [None, 300])
-def test_upsampled_histograms_equal_brute_force(monkeypatch, chunk_entries):
+@pytest.mark.parametrize("size_in,size_out", [((5, 5), (12, 12)), ((8, 6), (32, 24)), ((12, 12), (5, 7))])
+def test_pixel_major_resize_equals_float64_bilinear(size_in, size_out):
+    """The histograms' upsampling, (N, H, W, C) -> (h, w, N, C), against the PyTorch weights in float64."""
+    x = np.random.default_rng(3).standard_normal((3,) + size_in + (4,)).astype(np.float32)
+    rows, cols = resample.bilinear_matrix(size_in[0], size_out[0]), resample.bilinear_matrix(size_in[1], size_out[1])
+    expect = np.einsum("ih,jw,nhwc->ijnc", rows, cols, x.astype(np.float64))
+    got = resample.resize_bilinear_pixel_major(jnp.asarray(x), size_out)
+    np.testing.assert_allclose(np.asarray(got), expect, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_entries,bins", [(None, BINS), (300, BINS), (None, 300)])
+def test_upsampled_histograms_equal_brute_force(monkeypatch, chunk_entries, bins):
     """A 5x5 featuremap against 12x12 labels: the histograms count the bilinearly upsampled activations.
 
     The reference upsamples in float64 numpy; an entry may fall in the
     neighbouring bin only if its value lies within 1e-5 of a bin edge. With
-    chunk_entries=300 each batch is counted one sample at a time.
+    chunk_entries=300 each batch is counted one sample at a time; 300 bins
+    do not fit the 8-bit bin indices that 64 use.
     """
     if chunk_entries is not None:
         monkeypatch.setattr(stats, "SCATTER_CHUNK_ENTRIES", chunk_entries)
@@ -111,20 +122,20 @@ def test_upsampled_histograms_equal_brute_force(monkeypatch, chunk_entries):
     small = np.concatenate([small, small[:, :1]], axis=1)[:, :, :4]
     small = np.concatenate([small, small[:, :, :1]], axis=2)  # (n, 5, 5, U)
     lo, hi = small.min(axis=(0, 1, 2)), small.max(axis=(0, 1, 2))
-    _, js = run_stats(small, seg, classes, lo=lo, hi=hi)
+    _, js = run_stats(small, seg, classes, lo=lo, hi=hi, bins=bins)
     stats._sharded.cache_clear()
     rows, cols = resample.bilinear_matrix(5, 12), resample.bilinear_matrix(5, 12)
     up = np.einsum("ih,jw,nhwu->niju", rows, cols, small.astype(np.float64))
-    width = (hi.astype(np.float64) - lo) / BINS
+    width = (hi.astype(np.float64) - lo) / bins
     position = (up - lo) / width
-    b = np.clip(np.floor(position), 0, BINS - 1).astype(np.int64)
+    b = np.clip(np.floor(position), 0, bins - 1).astype(np.int64)
     near_edge = np.abs(position - np.round(position)) < 1e-5 / width
     masks = brute_class_masks(seg, classes)
     for u in range(small.shape[-1]):
         slack = int(near_edge[..., u].sum())
-        assert np.abs(js.marginal[u] - np.bincount(b[..., u].ravel(), minlength=BINS)).sum() <= 2 * slack
+        assert np.abs(js.marginal[u] - np.bincount(b[..., u].ravel(), minlength=bins)).sum() <= 2 * slack
         for c in range(classes):
-            expect = np.bincount(b[..., u][masks[..., c]], minlength=BINS)
+            expect = np.bincount(b[..., u][masks[..., c]], minlength=bins)
             assert np.abs(js.joint[u, c] - expect).sum() <= 2 * slack
             assert js.joint[u, c].sum() == masks[..., c].sum()
 

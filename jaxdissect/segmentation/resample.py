@@ -121,18 +121,17 @@ def resize_bilinear(x, size):
 def resize_bilinear_pixel_major(x, size):
     """`resize_bilinear(x, size)` laid out pixel-major: (N, H, W, C) -> (h, w, N, C).
 
-    Two matrix products over an (H, W, N*C) view, the second batched over
-    output rows so that its result needs no transpose: every output row is a
-    long contiguous vector, which vectorises well on CPU, and consumers that
-    treat pixels alike (histograms) need no transpose back.
+    Each axis is resized over an (H, W, N*C) view, as the two gathers of
+    `_apply_axis`: every output row is then a weighted sum of two long
+    contiguous input rows, which the compiler fuses with whatever consumes
+    the result (histogram bins) into one vectorised loop, and consumers that
+    treat pixels alike need no transpose back.
     """
     n, h_in, w_in, channels = x.shape
     (h_out, w_out), precision = size, precision_for(x.dtype)
-    rows = jnp.asarray(bilinear_matrix(h_in, h_out), x.dtype)
-    cols = jnp.broadcast_to(jnp.asarray(bilinear_matrix(w_in, w_out), x.dtype), (h_out, w_out, w_in))
     x = jnp.transpose(x, (1, 2, 0, 3)).reshape(h_in, w_in, n * channels)
-    x = jnp.einsum("hH,HWm->hWm", rows, x, precision=precision)
-    x = jnp.einsum("hwW,hWm->hwm", cols, x, precision=precision)
+    x = _apply_axis(x, bilinear_matrix(h_in, h_out), 0, precision)
+    x = _apply_axis(x, bilinear_matrix(w_in, w_out), 1, precision)
     return x.reshape(h_out, w_out, n, channels)
 
 
