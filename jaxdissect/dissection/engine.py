@@ -74,19 +74,29 @@ def _calibration_step_fn(generator, layers):
 
 @functools.lru_cache(maxsize=None)
 def _main_step_fn(generator, segmenter, layers, downsample):
-    """jit ({'range', 'joint'}, g_params, s_params, seed, index) -> (the states with samples `index` folded
+    """({'range', 'joint'}, g_params, s_params, seed, index) -> (the states with samples `index` folded
     in, samples done: the last index + 1).
 
-    One compiled program per batch, latents included: nothing waits on the
-    host between batches.
+    Two compiled programs per batch, latents included, so nothing waits on
+    the host between batches: the models, then the statistics. On CPU the
+    pair ran about 4% faster than one program holding both (the toy
+    dissection, alternated runs).
     """
-    def step(states, g_params, s_params, seed, index):
+    @jax.jit
+    def forward(g_params, s_params, seed, index):
         z = parallel.latents_at(seed, index, generator.latent_size)
-        seg, maps = labelled_featuremaps(generator, segmenter, layers, downsample, g_params, s_params, z)
+        return labelled_featuremaps(generator, segmenter, layers, downsample, g_params, s_params, z)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def fold(states, seg, maps, index):
         return {"range": {name: stats.range_update(states["range"][name], maps[name], index) for name in layers},
                 "joint": {name: stats.joint_update(states["joint"][name], maps[name], seg, index)
                           for name in layers}}, jnp.max(index) + 1
-    return jax.jit(step, donate_argnums=0)
+
+    def step(states, g_params, s_params, seed, index):
+        seg, maps = forward(g_params, s_params, seed, index)
+        return fold(states, seg, maps, index)
+    return step
 
 
 class _Run:
