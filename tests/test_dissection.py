@@ -104,6 +104,18 @@ def test_pixel_major_resize_equals_float64_bilinear(size_in, size_out):
     np.testing.assert_allclose(np.asarray(got), expect, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("matrix", [resample.bilinear_matrix(6, 9), resample.bilinear_matrix(6, 9).T[:, :6],
+                                    resample.adaptive_avg_matrix(6, 2)], ids=["two taps", "dense", "pooling"])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_axis_resampling_equals_tensordot(matrix, axis):
+    """Two-tap (gathers) and dense (einsum) matrices along any axis of a 3-D array, against float64 numpy."""
+    shape = [6, 6, 6]
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    expect = np.moveaxis(np.tensordot(matrix, x.astype(np.float64), axes=(1, axis)), 0, axis)
+    got = resample._apply_axis(jnp.asarray(x), matrix, axis, jax.lax.Precision.HIGHEST)
+    np.testing.assert_allclose(np.asarray(got), expect, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("chunk_entries,bins", [(None, BINS), (300, BINS), (None, 300)])
 def test_upsampled_histograms_equal_brute_force(monkeypatch, chunk_entries, bins):
     """A 5x5 featuremap against 12x12 labels: the histograms count the bilinearly upsampled activations.

@@ -91,8 +91,9 @@ def _apply_axis(x, matrix, axis, precision):
     """
     taps = max(int(np.count_nonzero(matrix, axis=1).max()), 1)
     if taps > _MAX_TAPS:
-        spec = "ih,nhwc->niwc" if axis == 1 else "jw,niwc->nijc"
-        return jnp.einsum(spec, jnp.asarray(matrix, x.dtype), x, precision=precision)
+        dims = "abcdefgh"[:x.ndim]
+        source, result = dims[:axis] + "y" + dims[axis + 1:], dims[:axis] + "z" + dims[axis + 1:]
+        return jnp.einsum(f"zy,{source}->{result}", jnp.asarray(matrix, x.dtype), x, precision=precision)
     index = np.argsort(matrix == 0, axis=1, kind="stable")[:, :taps]          # nonzero columns first
     weight = np.take_along_axis(matrix, index, axis=1)
     shape = [1] * x.ndim
