@@ -8,9 +8,12 @@ Two states cover everything dissection needs:
 * `JointStats` (featuremaps, upsampled to the segmentation inside, and the
   segmentation): for every unit, a histogram of its activation over `bins`
   equal-width bins spanning a fixed range [lo, hi] (values outside fall in
-  the end bins), both over all pixels (`marginal`) and over the pixels of
-  each class (`joint`); per-class pixel counts; per (unit, class) activation
-  sums.
+  the end bins), over all pixels (`marginal`), over the pixels of each class
+  (`joint`) and over the pixels of the images showing each label category
+  (`category_marginal`, the original tool's per-category counting); a
+  histogram of the raw featuremap values before upsampling (`raw_marginal`,
+  for the original's quantile rule); per-class and per-category pixel counts;
+  per (unit, class) activation sums.
 
 Every threshold the method needs is a bin edge in [lo, hi], and "act >= edge"
 is exactly "bin >= j", so counts at every threshold follow exactly from
@@ -46,6 +49,10 @@ class JointStats(NamedTuple):
     class_pixels: jax.Array  # (C,) int32: pixels carrying class c (any label channel)
     act_sum: jax.Array      # (U, C) float32: sum of act over pixels of class c
     pixels: jax.Array       # () int32: pixels seen
+    category_marginal: jax.Array  # (U, K, B) int32: pixels of images showing category k with act in bin b
+    category_pixels: jax.Array    # (K,) int32: pixels of images showing category k
+    raw_marginal: jax.Array  # (U, B) int32: featuremap cells (before upsampling) with act in bin b
+    raw_cells: jax.Array     # () int32: featuremap cells seen
 
 
 def range_init(units, top_k):
@@ -53,16 +60,26 @@ def range_init(units, top_k):
                       jnp.full((top_k, units), -jnp.inf), jnp.full((top_k, units), -1, jnp.int32))
 
 
-def joint_init(lo, hi, classes, bins):
-    """Empty histograms over `bins` equal bins of [lo, hi] (per unit).
+def joint_init(lo, hi, classes, bins, categories=1):
+    """Empty histograms over `bins` equal bins of [lo, hi] (per unit), for `classes` classes in
+    `categories` label categories.
 
     lo and hi are copied: updates donate the state's buffers.
     """
     lo, hi = jnp.array(lo, jnp.float32, copy=True), jnp.array(hi, jnp.float32, copy=True)
     units = lo.shape[0]
+    if categories > MAX_CATEGORIES:
+        raise ValueError(f"{categories} label categories; at most {MAX_CATEGORIES} are supported")
     return JointStats(lo, hi, jnp.zeros((units, classes, bins), jnp.int32), jnp.zeros((units, bins), jnp.int32),
                       jnp.zeros((classes,), jnp.int32), jnp.zeros((units, classes), jnp.float32),
+                      jnp.zeros((), jnp.int32), jnp.zeros((units, categories, bins), jnp.int32),
+                      jnp.zeros((categories,), jnp.int32), jnp.zeros((units, bins), jnp.int32),
                       jnp.zeros((), jnp.int32))
+
+
+# Images are told apart by the set of label categories they show (one histogram block per set), so the
+# number of categories is bounded: 2 ** MAX_CATEGORIES blocks at most.
+MAX_CATEGORIES = 6
 
 
 def bin_index(acts, lo, hi, bins):
@@ -164,41 +181,90 @@ def _count_binned(featuremap, offset, lo, hi, bins, slots):
     return counts
 
 
-def _joint_increment(state, featuremap, seg, sample_index):
+def _class_counts(labels, counted, classes):
+    """(n, C) int32 pixels of each class in each sample (label 0 included, from channel 0)."""
+    sample = jnp.broadcast_to(jnp.arange(labels.shape[0])[:, None, None, None], labels.shape)
+    return jnp.zeros((labels.shape[0], classes), jnp.int32).at[sample, labels].add(counted.astype(jnp.int32))
+
+
+def category_sets(categories):
+    """(2**K, K) 0/1 int32: whether category k belongs to category set s (bit k of s)."""
+    sets = np.arange(2 ** categories)[:, None]
+    return jnp.asarray((sets >> np.arange(categories)[None, :]) & 1, jnp.int32)
+
+
+def _shown_category_set(class_counts, label_category, categories):
+    """(n,) int32: the set of label categories each sample shows, as bits (bit k: category k)."""
+    shown = (class_counts > 0).astype(jnp.int32) @ jax.nn.one_hot(label_category, categories, dtype=jnp.int32)
+    return jnp.sum(jnp.minimum(shown, 1) << jnp.arange(categories, dtype=jnp.int32), axis=1)
+
+
+def _raw_histogram(featuremap, valid, lo, hi, bins):
+    """(U, B) int32 histogram of the featuremap's cells (n, H, W, U), rows with `valid` False skipped."""
+    units = featuremap.shape[-1]
+    index = jnp.arange(units, dtype=jnp.int32) * bins + bin_index(featuremap, lo, hi, bins)
+    index = jnp.where(valid[:, None, None, None], index, units * bins)
+    return jnp.zeros(units * bins + 1, jnp.int32).at[index.reshape(-1)].add(1)[:-1].reshape(units, bins)
+
+
+def _joint_increment(state, featuremap, seg, sample_index, label_category):
     """Local histograms of a featuremap (n, H, W, U), upsampled (bilinear) to the labels' size, against
-    the labels (n, K, h, w).
+    the labels (n, K, h, w); `label_category` (C,) is each class's category number.
 
     Rows with sample_index < 0 are padding and count zero. Label 0 means "no
-    label": its joint, class_pixels and act_sum entries stay 0.
+    label": its joint, class_pixels and act_sum entries stay 0 (but, like
+    any class, it shows its category: the original tool counts it so).
 
-    One scatter of constant ones does all the counting. Label channel 0
-    labels every pixel exactly once (0 included), so its counts, summed over
-    classes, are the marginal histogram; the other channels are scattered
-    into a second block of class slots and added to the joint afterwards.
+    One scatter of constant ones does all the upsampled counting. Label
+    channel 0 labels every pixel exactly once (0 included), so its counts,
+    summed over classes, are the marginal histogram; the other channels are
+    scattered into a second block of class slots and added to the joint
+    afterwards. With several label categories, every pixel also counts once
+    in the block of its image's category set, from which the histograms of
+    the images showing each category follow.
 
     The per-class activation sums use sum(up(r) * onehot) = sum(r * up^T(onehot)):
     the class maps are pulled back to the featuremap's resolution (the
     transpose of the upsampling) instead of contracting every upsampled pixel.
+    All counts are integer sums, exact whatever the batch size.
     """
     units, classes, bins = state.joint.shape
+    categories = state.category_pixels.shape[0]
     featuremap = featuremap.astype(jnp.float32)
     labels = distinct_labels(seg)                                                  # (n, h, w, K)
-    valid = (sample_index >= 0).astype(jnp.int32)[:, None, None, None]             # (n, 1, 1, 1)
+    valid = sample_index >= 0                                                      # (n,)
     channels = labels.shape[-1]
+    image_pixels = labels.shape[1] * labels.shape[2]
+    class_blocks = min(channels, 2)
     slot = labels + classes * jnp.minimum(jnp.arange(channels), 1)                 # channel >= 1: 2nd block
-    counted = valid * jnp.concatenate([jnp.ones_like(labels[..., :1]), labels[..., 1:] > 0], axis=-1)
-    slots = classes * min(channels, 2)
-    offset = jnp.where(counted > 0, slot * bins, -1)
-    blocks = _count_binned(featuremap, offset, state.lo, state.hi, bins, slots)[:-1]
-    blocks = blocks.reshape(units, min(channels, 2), classes, bins)
-    marginal = blocks[:, 0].sum(axis=1)                                            # channel 0 over classes
-    joint = blocks.sum(axis=1).at[:, 0].set(0)
+    counted = valid[:, None, None, None] & jnp.concatenate(
+        [jnp.ones_like(labels[..., :1], bool), labels[..., 1:] > 0], axis=-1)
+    offset = jnp.where(counted, slot * bins, -1)
+    class_counts = _class_counts(labels, counted, classes)                        # (n, C)
+    shown_set = _shown_category_set(class_counts, label_category, categories)     # (n,)
+    slots = classes * class_blocks
+    if categories > 1:
+        set_offset = jnp.where(valid, (slots + shown_set) * bins, -1)[:, None, None, None]
+        offset = jnp.concatenate([offset, jnp.broadcast_to(set_offset, labels.shape[:3] + (1,))], axis=-1)
+        slots += 2 ** categories
+    blocks = _count_binned(featuremap, offset, state.lo, state.hi, bins, slots)[:-1].reshape(units, slots, bins)
+    per_class = blocks[:, :classes * class_blocks].reshape(units, class_blocks, classes, bins)
+    marginal = per_class[:, 0].sum(axis=1)                                         # channel 0 over classes
+    joint = per_class.sum(axis=1).at[:, 0].set(0)
+    pixels = jnp.sum(valid) * image_pixels
+    if categories > 1:
+        sets = category_sets(categories)                          # (2**K, K)
+        category_marginal = jnp.einsum("usb,sk->ukb", blocks[:, classes * class_blocks:], sets)
+        category_pixels = jnp.sum(valid[:, None] * sets[shown_set], axis=0) * image_pixels
+    else:
+        category_marginal, category_pixels = marginal[:, None, :], pixels[None]
     labelled = counted * (labels > 0)
     onehot = jnp.sum(jax.nn.one_hot(labels, classes, dtype=jnp.float32) * labelled[..., None], axis=-2)
     class_weights = resize_bilinear_transpose(onehot, featuremap.shape[1:3])      # (n, H, W, C)
     act_sum = jnp.einsum("nhwu,nhwc->uc", featuremap, class_weights, precision=jax.lax.Precision.HIGHEST)
-    weight = jnp.broadcast_to(valid, labels.shape[:3] + (1,))[..., 0]
-    counts = (joint, marginal, jnp.sum(onehot, axis=(0, 1, 2)).astype(jnp.int32), act_sum, jnp.sum(weight))
+    raw = _raw_histogram(featuremap, valid, state.lo, state.hi, bins)
+    counts = (joint, marginal, class_counts.sum(axis=0).at[0].set(0), act_sum, pixels, category_marginal,
+              category_pixels, raw, jnp.sum(valid) * featuremap.shape[1] * featuremap.shape[2])
     counts = jax.lax.psum(counts, parallel.BATCH)
     totals = jax.tree.map(jnp.add, tuple(state)[2:], counts)
     return JointStats(state.lo, state.hi, *totals)
@@ -220,6 +286,7 @@ def range_update(state, acts, sample_index):
     return _sharded(_range_increment, 2)(state, acts, sample_index)
 
 
-def joint_update(state, featuremap, seg, sample_index):
-    """Folds featuremaps (N, H, W, U), upsampled to the segmentations (N, K, h, w), into `state`."""
-    return _sharded(_joint_increment, 3)(state, featuremap, seg, sample_index)
+def joint_update(state, featuremap, seg, sample_index, label_category):
+    """Folds featuremaps (N, H, W, U), upsampled to the segmentations (N, K, h, w), into `state`;
+    `label_category` (C,) int32 is the category number of each class."""
+    return _sharded(_joint_increment, 3)(state, featuremap, seg, sample_index, label_category)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxdissect import stats
-from jaxdissect.dissection import engine, measures, results
+from jaxdissect.dissection import engine, measures, results, sources
 from jaxdissect.segmentation import resample
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -28,8 +28,9 @@ def random_case(seed, n=10, hw=12, units=5, classes=4, k=2):
     return acts, seg
 
 
-def run_stats(acts, seg, classes, batch=4, lo=None, hi=None, bins=BINS):
-    """Streams the case in batches of `batch` (last one padded); `bins` over [lo, hi] (default: min, max)."""
+def run_stats(acts, seg, classes, batch=4, lo=None, hi=None, bins=BINS, label_category=None):
+    """Streams the case in batches of `batch` (last one padded); `bins` over [lo, hi] (default: min, max);
+    `label_category` (C,) numbers each class's category (default: one category)."""
     n, _, _, units = acts.shape
     rs = stats.range_init(units, 3)
     for start in range(0, n, batch):
@@ -37,11 +38,12 @@ def run_stats(acts, seg, classes, batch=4, lo=None, hi=None, bins=BINS):
         rs = stats.range_update(rs, a, idx)
     lo = rs.minimum if lo is None else lo
     hi = rs.maximum if hi is None else hi
-    js = stats.joint_init(lo, hi, classes, bins)
+    label_category = np.zeros(classes, np.int32) if label_category is None else np.asarray(label_category)
+    js = stats.joint_init(lo, hi, classes, bins, int(label_category.max()) + 1)
     for start in range(0, n, batch):
         a, idx = pad_batch(acts, start, batch)
         s, _ = pad_batch(seg, start, batch)
-        js = stats.joint_update(js, a, s, idx)
+        js = stats.joint_update(js, a, s, idx, jnp.asarray(label_category))
     return jax.tree.map(np.asarray, rs), jax.tree.map(np.asarray, js)
 
 
@@ -92,6 +94,46 @@ def test_streaming_stats_equal_brute_force(calibrated):
             np.testing.assert_allclose(js.act_sum[u, c], acts[..., u][masks[..., c]].sum(), rtol=1e-5)
     np.testing.assert_array_equal(js.class_pixels, masks.sum(axis=(0, 1, 2)))
     assert js.pixels == acts[..., 0].size
+    np.testing.assert_array_equal(js.category_marginal[:, 0], js.marginal)     # one category: all images
+    assert js.category_pixels[0] == js.pixels
+
+
+def test_category_and_raw_histograms_equal_brute_force():
+    """With two categories, each category's histogram counts exactly the pixels of the images that show
+    one of its classes (label 0 shows category 0, as in the original); the raw histogram counts every
+    featuremap cell once."""
+    classes, label_category = 4, np.array([0, 0, 1, 1], np.int32)
+    acts, seg = random_case(6, n=9)
+    seg[:3] = np.where(seg[:3] >= 2, 1, seg[:3])             # samples 0-2 show no class of category 1
+    seg[3, 0] = np.where(seg[3, 0] == 0, 1, seg[3, 0])       # sample 3 has no '-' pixel in channel 0
+    rs, js = run_stats(acts, seg, classes, label_category=label_category)
+    b = brute_bins(acts, rs.minimum, rs.maximum)
+    present = np.stack([np.any(seg == c, axis=(1, 2, 3)) for c in range(classes)], axis=-1)   # (n, C)
+    present[:, 0] = np.any(seg[:, 0] == 0, axis=(1, 2))
+    shows = np.stack([present[:, label_category == k].any(axis=1) for k in range(2)], axis=-1)  # (n, K)
+    assert not shows[:3, 1].all() and shows[:, 1].any()
+    for k in range(2):
+        assert js.category_pixels[k] == shows[:, k].sum() * acts.shape[1] * acts.shape[2]
+        for u in range(acts.shape[-1]):
+            expect = np.bincount(b[shows[:, k], ..., u].ravel(), minlength=BINS)
+            np.testing.assert_array_equal(js.category_marginal[u, k], expect)
+    for u in range(acts.shape[-1]):
+        np.testing.assert_array_equal(js.raw_marginal[u], np.bincount(b[..., u].ravel(), minlength=BINS))
+    assert js.raw_cells == acts[..., 0].size
+
+
+def test_class_pixel_counts_are_exact_integers():
+    """Class pixel counts stay exact past 2**24 pixels per batch, where float32 cannot hold odd counts."""
+    labels = np.full((1, 1, 4200, 4100), 2, np.int32)
+    labels[0, 0, :4199] = 1
+    labels[0, 0, 4199, 0] = 1                                 # 4199 * 4100 + 1 = 17,215,901 pixels of class 1
+    expect = [0, 4199 * 4100 + 1, 4100 - 1]
+    assert int(np.float32(expect[1])) != expect[1]
+    js = stats.joint_init(jnp.zeros(1), jnp.ones(1), 3, 4)
+    js = stats.joint_update(js, jnp.zeros((1, 2, 2, 1)), jnp.asarray(labels), jnp.zeros(1, jnp.int32),
+                            jnp.zeros(3, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(js.class_pixels), expect)
+    assert int(js.pixels) == 4200 * 4100
 
 
 @pytest.mark.parametrize("size_in,size_out", [((5, 5), (12, 12)), ((8, 6), (32, 24)), ((12, 12), (5, 7))])
@@ -237,10 +279,16 @@ def planted_settings(**kw):
     return engine.DissectSettings(**base)
 
 
-def test_planted_unit_is_found(tmp_path):
-    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
-    settings = planted_settings()
-    collected = engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path))
+def planted_source(settings):
+    gen = planted.PlantedGenerator()
+    return sources.GeneratedSamples(gen, gen.init(), planted.PlantedSegmenter(), None, settings.layers,
+                                    settings.downsample, settings.seed)
+
+
+@pytest.mark.parametrize("readout", ["reference", "paper"])
+def test_planted_unit_is_found(tmp_path, readout):
+    settings = planted_settings(readout=readout)
+    collected = engine.collect_statistics(planted_source(settings), settings, str(tmp_path))
     summary = results.summarize(collected, settings, planted.LABELS, planted.CATEGORIES)
     units = summary["layers"]["layer"]["unit"]
     hit = units[planted.PLANTED_UNIT]
@@ -248,8 +296,10 @@ def test_planted_unit_is_found(tmp_path):
     others = [u for u in units if u["unit"] != planted.PLANTED_UNIT]
     assert all(not u["interpretable"] for u in others)
     assert max(u["iou"] for u in others) < 0.3
-    quantile = results.rule_matrices(collected["layer"][1], settings)["quantile"]["iou"]
-    assert np.argmax(quantile[:, planted.THING]) == planted.PLANTED_UNIT
+    _, label_category = sources.category_numbers(planted.CATEGORIES)
+    for rule in ("paper_quantile", "reference_quantile"):
+        quantile = results.all_matrices(collected["layer"][1], settings, label_category)[f"{rule}_iou"]
+        assert np.argmax(quantile[:, planted.THING]) == planted.PLANTED_UNIT
 
 
 class Interrupt(Exception):
@@ -257,11 +307,10 @@ class Interrupt(Exception):
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
-    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
     settings = planted_settings(samples=100)
-    whole = engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path / "whole"))
+    whole = engine.collect_statistics(planted_source(settings), settings, str(tmp_path / "whole"))
 
-    real_step_fn = engine._main_step_fn
+    real_step_fn = engine._main_fold_fn
     calls = {"n": 0, "die_at": 4}     # the main pass's 4th batch, after a checkpoint at the 2nd
 
     def counting_step_fn(*args):
@@ -273,11 +322,11 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
                 raise Interrupt()
             return fold(*fold_args)
         return counting_fold
-    monkeypatch.setattr(engine, "_main_step_fn", counting_step_fn)
+    monkeypatch.setattr(engine, "_main_fold_fn", counting_step_fn)
     with pytest.raises(Interrupt):
-        engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path / "resumed"))
+        engine.collect_statistics(planted_source(settings), settings, str(tmp_path / "resumed"))
     calls.update(n=0, die_at=None)
-    resumed = engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path / "resumed"))
+    resumed = engine.collect_statistics(planted_source(settings), settings, str(tmp_path / "resumed"))
     assert calls["n"] == 7 - 2        # 7 batches of 16 for 100 samples; the first 2 were checkpointed
     for part_whole, part_resumed in zip(whole["layer"], resumed["layer"]):
         for a, b in zip(part_whole, part_resumed):
@@ -286,21 +335,22 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_other_run_in_same_folder_is_refused(tmp_path):
     from jaxdissect.errors import UserError
-    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
-    engine.collect_statistics(gen, gen.init(), seg, None, planted_settings(samples=32), str(tmp_path))
+    settings = planted_settings(samples=32)
+    engine.collect_statistics(planted_source(settings), settings, str(tmp_path))
     with pytest.raises(UserError, match="different dissection"):
-        engine.collect_statistics(gen, gen.init(), seg, None, planted_settings(samples=48), str(tmp_path))
+        engine.collect_statistics(planted_source(settings), planted_settings(samples=48), str(tmp_path))
 
 
 DEVICE_SCRIPT = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
 import jax, planted
-from jaxdissect.dissection import engine
+from jaxdissect.dissection import engine, sources
 assert jax.device_count() == {devices}
 gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
 settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5)
-(rs, js), = engine.collect_statistics(gen, gen.init(), seg, None, settings, {outdir!r}).values()
+source = sources.GeneratedSamples(gen, gen.init(), seg, None, settings.layers, 1, settings.seed)
+(rs, js), = engine.collect_statistics(source, settings, {outdir!r}).values()
 np.savez({out!r}, **rs._asdict(), **js._asdict())
 """
 

@@ -1,17 +1,15 @@
-"""Runs a dissection: one streaming pass over generated samples, resumable.
+"""Runs a dissection: one streaming pass over the samples of a source, resumable.
 
-A short calibration (the generator alone on the first
-`calibration_samples` samples) fixes each unit's histogram range [lo, hi]
-(its observed min and max there). The main pass then runs generator and
-segmenter on every sample and folds each batch into fixed-shape states
-(jaxdissect.stats): every unit's range and top-k samples, and histograms of
-its upsampled activation against every class. Memory does not grow with the
-sample count, and the states are checkpointed so a killed run resumes.
+A short calibration (featuremaps alone, of the first `calibration_samples`
+samples) fixes each unit's histogram range [lo, hi] (its observed min and
+max there). The main pass then reads every sample's featuremaps and labels
+and folds each batch into fixed-shape states (jaxdissect.stats): every
+unit's range and top-k samples, and histograms of its activation against
+every class and label category. Memory does not grow with the sample count,
+and the states are checkpointed so a killed run resumes.
 
-The generator is any hashable object with `latent_size`, `h(params, z,
-layers)` and `__call__(params, z, capture=layers)` (a `ProGAN`); the
-segmenter any hashable object with `segment(params, images, downsample)` ->
-(N, K, h, w) labels and `labels` (class names; a `Segmenter`).
+The samples come from a source (jaxdissect.dissection.sources): a generator
+and a segmenter, or arrays a user already has; the engine is the same.
 """
 import dataclasses
 import functools
@@ -22,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdissect import parallel, stats
+from jaxdissect.dissection import sources
 from jaxdissect.errors import UserError
 from jaxdissect.io import files
 from jaxdissect.progress import Progress
@@ -29,6 +28,8 @@ from jaxdissect.training.loop import Checkpoints
 
 # Settings that change the statistics; the others only change how they are read.
 STATISTICS_SETTINGS = ("layers", "samples", "seed", "downsample", "bins", "top_k", "calibration_samples")
+# Bumped when the statistics' content changes, so that a folder holding older statistics is refused.
+STATISTICS_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,62 +42,46 @@ class DissectSettings:
     bins: int = 256
     top_k: int = 12
     calibration_samples: int = 512
+    readout: str = "reference"
     rule: str = "iqr"
     quantile: float = 0.99
     iqr_levels: int = 100
     iqr_smallest_fraction: float = 1e-3
     iqr_min_agreement: float = 0.8
     min_iou: float = 0.05
+    min_iqr: float = 0.01
     min_agreement: float = 0.75
     checkpoint_every: int = 20
 
     def statistics_key(self, model_ids):
         return {"settings": {k: (list(v) if isinstance(v, tuple) else v)
                              for k, v in dataclasses.asdict(self).items() if k in STATISTICS_SETTINGS},
-                "models": model_ids}
-
-
-def labelled_featuremaps(generator, segmenter, layers, downsample, g_params, s_params, z):
-    """(labels (N, K, h, w), {layer: featuremap}) of latents z."""
-    images, maps = generator(g_params, z, capture=layers)
-    return segmenter.segment(s_params, images, downsample), maps
+                "models": model_ids, "statistics_version": STATISTICS_VERSION}
 
 
 @functools.lru_cache(maxsize=None)
-def _calibration_step_fn(generator, layers):
-    """jit (ranges, g_params, seed, index) -> (ranges with the featuremaps of samples `index` folded in,
-    samples done: the last index + 1)."""
-    def step(ranges, g_params, seed, index):
-        maps = generator.h(g_params, parallel.latents_at(seed, index, generator.latent_size), layers)
+def _range_fold_fn(layers):
+    """jit (ranges, featuremaps, index) -> (ranges with samples `index` folded in, samples done)."""
+    def fold(ranges, maps, index):
         return {name: stats.range_update(ranges[name], maps[name], index) for name in layers}, jnp.max(index) + 1
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(fold, donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=None)
-def _main_step_fn(generator, segmenter, layers, downsample):
-    """({'range', 'joint'}, g_params, s_params, seed, index) -> (the states with samples `index` folded
-    in, samples done: the last index + 1).
+def _main_fold_fn(layers):
+    """jit ({'range', 'joint'}, labels, featuremaps, index, label_category) -> (the states with samples
+    `index` folded in, samples done: the last index + 1).
 
-    Two compiled programs per batch, latents included, so nothing waits on
-    the host between batches: the models, then the statistics. On CPU the
-    pair ran about 4% faster than one program holding both (the toy
-    dissection, alternated runs).
+    The source's forward and this fold are two compiled programs per batch;
+    nothing waits on the host between batches. On CPU the pair ran about 4%
+    faster than one program holding both (the toy dissection, alternated
+    runs).
     """
-    @jax.jit
-    def forward(g_params, s_params, seed, index):
-        z = parallel.latents_at(seed, index, generator.latent_size)
-        return labelled_featuremaps(generator, segmenter, layers, downsample, g_params, s_params, z)
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def fold(states, seg, maps, index):
+    def fold(states, seg, maps, index, label_category):
         return {"range": {name: stats.range_update(states["range"][name], maps[name], index) for name in layers},
-                "joint": {name: stats.joint_update(states["joint"][name], maps[name], seg, index)
+                "joint": {name: stats.joint_update(states["joint"][name], maps[name], seg, index, label_category)
                           for name in layers}}, jnp.max(index) + 1
-
-    def step(states, g_params, s_params, seed, index):
-        seg, maps = forward(g_params, s_params, seed, index)
-        return fold(states, seg, maps, index)
-    return step
+    return jax.jit(fold, donate_argnums=0)
 
 
 class _Run:
@@ -125,33 +110,36 @@ class _Run:
         self.checkpoints.save(int(state["saves"]), snapshot, wait)
 
 
-def collect_statistics(generator, g_params, segmenter, s_params, settings, outdir, model_ids=None):
-    """Runs (or resumes) calibration and the main pass; returns {layer: (RangeStats, JointStats)} as numpy."""
+def collect_statistics(source, settings, outdir, model_ids=None):
+    """Runs (or resumes) calibration and the main pass over `source` (jaxdissect.dissection.sources);
+    returns {layer: (RangeStats, JointStats)} as numpy."""
     layers = tuple(settings.layers)
     if settings.batch_size % parallel.batch_multiple():
         raise UserError(f"--batch_size={settings.batch_size} must be a multiple of the "
                         f"{parallel.batch_multiple()} devices")
-    z = jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32)
-    seg_shape, shapes = jax.eval_shape(functools.partial(labelled_featuremaps, generator, segmenter, layers,
-                                                         settings.downsample), g_params, s_params, z)
-    seg_shape = seg_shape.shape
+    if source.sample_limit is not None and settings.samples > source.sample_limit:
+        raise UserError(f"--samples={settings.samples}: only {source.sample_limit} samples are available")
+    seg_shape, shapes = source.shapes()
     pixels = settings.samples * seg_shape[2] * seg_shape[3]
     if pixels >= 2 ** 31:
         raise UserError(f"{settings.samples} samples at {seg_shape[2]}x{seg_shape[3]} pixels exceed the "
                         "int32 pixel counters; use fewer --samples or a larger --downsample")
-    units = {name: shapes[name].shape[-1] for name in layers}
+    categories, label_category = sources.category_numbers(source.label_categories)
+    units = {name: shapes[name][-1] for name in layers}
+
+    def joint_init(lo, hi):
+        return stats.joint_init(lo, hi, len(source.labels), settings.bins, len(categories))
     state = {"phase": jnp.int32(1), "next_sample": jnp.int32(0), "saves": jnp.int32(0),
              "calibration": {name: stats.range_init(units[name], 1) for name in layers},
              "range": {name: stats.range_init(units[name], settings.top_k) for name in layers},
-             "joint": {name: stats.joint_init(jnp.zeros(units[name]), jnp.ones(units[name]),
-                                              len(segmenter.labels), settings.bins) for name in layers}}
+             "joint": {name: joint_init(jnp.zeros(units[name]), jnp.ones(units[name])) for name in layers}}
     run = _Run(outdir, settings.statistics_key(model_ids or {}))
     state = jax.device_put(run.restore(state), parallel.replicated())
     try:
         if int(state["phase"]) == 1:
-            state = _calibration_pass(generator, g_params, settings, state, run)
+            state = _calibration_pass(source, settings, state, run, joint_init)
         if int(state["phase"]) == 2:
-            state = _main_pass(generator, g_params, segmenter, s_params, settings, state, run)
+            state = _main_pass(source, settings, state, run, jnp.asarray(label_category))
     finally:
         run.checkpoints.wait()   # also when interrupted: no save left half-written behind the caller's back
     return {name: (jax.tree.map(parallel.to_host, state["range"][name]),
@@ -159,7 +147,8 @@ def collect_statistics(generator, g_params, segmenter, s_params, settings, outdi
 
 
 def _passes(settings, state, run, label, samples, step):
-    """Calls `step(state, index) -> (state, samples done)` over the remaining batches of samples [0, samples).
+    """Calls `step(state, start, index) -> (state, samples done)` over the remaining batches of samples
+    [0, samples).
 
     Progress shows finished batches: before reporting a batch, the loop
     waits for it while the next one is already queued, so the device never
@@ -169,7 +158,7 @@ def _passes(settings, state, run, label, samples, step):
     progress = Progress(label, samples, start=start)
     batches, queued = 0, None
     while start < samples:
-        state, done = step(state, parallel.global_indices(start, settings.batch_size, samples))
+        state, done = step(state, start, parallel.global_indices(start, settings.batch_size, samples))
         start = min(start + settings.batch_size, samples)
         state["next_sample"] = jnp.int32(start)
         if queued is not None:
@@ -183,30 +172,28 @@ def _passes(settings, state, run, label, samples, step):
     return state
 
 
-def _calibration_pass(generator, g_params, settings, state, run):
+def _calibration_pass(source, settings, state, run, joint_init):
     """Fixes every unit's histogram range from the first calibration samples."""
-    fold = _calibration_step_fn(generator, tuple(settings.layers))
+    fold = _range_fold_fn(tuple(settings.layers))
 
-    def step(state, index):
-        state["calibration"], done = fold(state["calibration"], g_params, settings.seed, index)
+    def step(state, start, index):
+        state["calibration"], done = fold(state["calibration"], source.featuremaps(start, index), index)
         return state, done
     samples = min(settings.calibration_samples, settings.samples)
     state = _passes(settings, state, run, "calibration (unit ranges)", samples, step)
-    state["joint"] = {name: stats.joint_init(state["calibration"][name].minimum,
-                                             state["calibration"][name].maximum,
-                                             state["joint"][name].joint.shape[1], settings.bins)
+    state["joint"] = {name: joint_init(state["calibration"][name].minimum, state["calibration"][name].maximum)
                       for name in settings.layers}
     state.update(phase=jnp.int32(2), next_sample=jnp.int32(0))
     run.save(state)
     return state
 
 
-def _main_pass(generator, g_params, segmenter, s_params, settings, state, run):
-    fold = _main_step_fn(generator, segmenter, tuple(settings.layers), settings.downsample)
+def _main_pass(source, settings, state, run, label_category):
+    fold = _main_fold_fn(tuple(settings.layers))
 
-    def step(state, index):
-        folded, done = fold({"range": state["range"], "joint": state["joint"]}, g_params, s_params, settings.seed,
-                            index)
+    def step(state, start, index):
+        seg, maps = source.labelled_featuremaps(start, index)
+        folded, done = fold({"range": state["range"], "joint": state["joint"]}, seg, maps, index, label_category)
         state.update(folded)
         return state, done
     state = _passes(settings, state, run, "dissection (units x classes)", settings.samples, step)

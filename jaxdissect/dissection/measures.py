@@ -38,6 +38,17 @@ def tail_bin(marginal_tail, total, fraction):
     return np.argmax(ok, axis=-1).reshape((marginal_tail.shape[0],) + fraction.shape)
 
 
+def nearest_tail_bin(marginal_tail, total, fraction):
+    """The edge j whose tail fraction (pixels at or above it) is nearest `fraction`: `tail_bin` or the
+    edge below it. The nearest edge is the histogram's best estimate of the exact quantile."""
+    upper = tail_bin(marginal_tail, total, fraction)
+    lower = np.maximum(upper - 1, 0)
+    units = marginal_tail.shape[0]
+    tail = lambda j: np.take_along_axis(marginal_tail, j.reshape(units, -1), axis=1).reshape(j.shape) / total
+    fraction = np.asarray(fraction, np.float64)
+    return np.where(np.abs(tail(lower) - fraction) < np.abs(tail(upper) - fraction), lower, upper)
+
+
 def counts_at(stats, bins_index):
     """A (U, ...) and I (U, C, ...) at threshold bin indices `bins_index` (U, ...)."""
     marginal_tail = suffix_counts(stats.marginal)                                   # (U, B+1)
@@ -62,11 +73,20 @@ def information_quality_ratio(both, above, class_pixels, total):
     p11 = both / total
     p10 = (above - both) / total
     p01 = (class_pixels - both) / total
-    p00 = 1.0 - p11 - p10 - p01
+    return iqr_of_cells(p11, p10, p01, 1.0 - p11 - p10 - p01)
+
+
+def iqr_of_cells(p11, p10, p01, p00, mutual_mask=True):
+    """I(X;Y) / H(X,Y) of the 2x2 joint distribution with cells p[x][y] (broadcasting); 0 where H = 0.
+
+    The marginals are the cells' row and column sums. The mutual information
+    is clamped at 0 and zeroed where `mutual_mask` is False.
+    """
     px = (p11 + p10, p01 + p00)
     py = (p11 + p01, p10 + p00)
     cells = ((p11, 0, 0), (p10, 0, 1), (p01, 1, 0), (p00, 1, 1))
     mutual = sum(_xlogy(p, p / np.maximum(px[i] * py[j], 1e-300)) for p, i, j in cells)
+    mutual = np.where(mutual_mask, np.maximum(mutual, 0.0), 0.0)
     entropy = -sum(_xlogy(p, p) for p, _, _ in cells)
     return np.where(entropy > 0, mutual / np.maximum(entropy, 1e-300), 0.0)
 

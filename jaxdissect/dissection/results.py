@@ -2,11 +2,13 @@
 
 Files in a dissection folder:
 - `stats/LAYER.npz`: the raw streaming statistics (jaxdissect.stats) and the
-  (unit, class) matrices of both threshold rules: `{rule}_{measure}` for rule
-  in iqr, quantile and measure in iou, iqr, agreement, threshold,
-  intersection, union.
-- `dissect.json`: settings, label names, class pixel fractions, and per layer
-  and unit its best label under the chosen rule with its figures.
+  (unit, class) matrices of both read-outs and both threshold rules:
+  `{readout}_{rule}_{measure}` for readout in reference, paper, rule in iqr,
+  quantile and measure in iou, iqr, agreement, threshold, intersection,
+  union, label_score (the measure that picks labels).
+- `dissect.json`: settings (the read-out among them), label names and
+  categories, class pixel fractions, and per layer and unit its label under
+  the chosen read-out and rule with its figures and the runner-up label.
 """
 import dataclasses
 import json
@@ -15,32 +17,35 @@ import os
 import numpy as np
 
 from jaxdissect import stats
-from jaxdissect.dissection import measures
+from jaxdissect.dissection import readout, sources
 from jaxdissect.errors import UserError
 from jaxdissect.io import files
 
 RULES = ("iqr", "quantile")
 # Settings that only change how the statistics are read (see `pipeline.relabel`).
-READOUT_SETTINGS = ("rule", "quantile", "iqr_levels", "iqr_smallest_fraction", "iqr_min_agreement",
-                    "min_iou", "min_agreement")
-MEASURES = ("iou", "iqr", "agreement", "threshold", "intersection", "union")
+READOUT_SETTINGS = ("readout", "rule", "quantile", "iqr_levels", "iqr_smallest_fraction", "iqr_min_agreement",
+                    "min_iou", "min_iqr", "min_agreement")
 
 
-def rule_matrices(joint_stats, settings):
-    """{rule: {measure: (U, C) array}} for both threshold rules."""
-    return {"iqr": measures.iqr_rule(joint_stats, settings.iqr_levels, settings.iqr_smallest_fraction,
-                                     settings.iqr_min_agreement),
-            "quantile": measures.quantile_rule(joint_stats, settings.quantile)}
+def all_matrices(joint_stats, settings, label_category):
+    """{f"{readout}_{rule}_{measure}": (U, C) array} for both read-outs and both threshold rules."""
+    matrices = {}
+    for name in readout.READOUTS:
+        for rule in RULES:
+            _, by_measure = readout.read_units(joint_stats, dataclasses.replace(settings, readout=name, rule=rule),
+                                               label_category)
+            matrices.update({f"{name}_{rule}_{m}": by_measure[m] for m in readout.MEASURES})
+    return matrices
 
 
-def write_statistics(outdir, collected, settings):
-    """Writes stats/LAYER.npz for every layer (raw statistics and both rules' matrices)."""
+def write_statistics(outdir, collected, settings, label_categories):
+    """Writes stats/LAYER.npz for every layer (raw statistics and every read-out's matrices)."""
     os.makedirs(os.path.join(outdir, "stats"), exist_ok=True)
+    _, label_category = sources.category_numbers(label_categories)
     for layer, (range_stats, joint_stats) in collected.items():
         arrays = {**range_stats._asdict(), **{f"bin_{k}" if k in ("lo", "hi") else k: v
                                               for k, v in joint_stats._asdict().items()}}
-        for rule, matrices in rule_matrices(joint_stats, settings).items():
-            arrays.update({f"{rule}_{m}": matrices[m] for m in MEASURES})
+        arrays.update(all_matrices(joint_stats, settings, label_category))
         files.save_npz(os.path.join(outdir, "stats", f"{layer}.npz"), arrays, compressed=True)
 
 
@@ -55,20 +60,21 @@ def read_statistics(outdir, layer):
 
 
 def summarize(collected, settings, label_names, categories):
-    """The dissect.json content: per layer and unit, the best label under `settings.rule`."""
+    """The dissect.json content: per layer and unit, the label under `settings.readout` and `.rule`."""
     layers = {}
     class_fraction = None
+    _, label_category = sources.category_numbers(categories)
     for layer, (range_stats, joint_stats) in collected.items():
-        rules = rule_matrices(joint_stats, settings)
-        best = measures.best_labels(rules[settings.rule], settings.min_iou, settings.min_agreement)
+        best, _ = readout.read_units(joint_stats, settings, label_category)
         units = []
         for u in range(len(best["label"])):
-            label = int(best["label"][u])
+            label, runner_up = int(best["label"][u]), int(best["runner_up"][u])
             units.append({
                 "unit": u, "label": label_names[label], "category": categories[label],
                 "iou": _num(best["iou"][u]), "iqr": _num(best["iqr"][u]),
                 "agreement": _num(best["agreement"][u]), "threshold": _num(best["threshold"][u]),
                 "interpretable": bool(best["interpretable"][u]),
+                "runner_up": label_names[runner_up], "runner_up_score": _num(best["runner_up_score"][u]),
                 "top_samples": [int(i) for i in range_stats.top_index[:, u] if i >= 0],
                 "top_peaks": [_num(v) for v in range_stats.top_value[:, u] if np.isfinite(v)],
             })
@@ -79,11 +85,17 @@ def summarize(collected, settings, label_names, categories):
         layers[layer] = {"units": len(units), "interpretable_units": sum(u["interpretable"] for u in units),
                          "labels": counts, "unit": units}
         class_fraction = np.asarray(joint_stats.class_pixels, np.float64) / max(int(joint_stats.pixels), 1)
-    return {"settings": _jsonable(dataclasses.asdict(settings)),
+    return {"settings": _jsonable(dataclasses.asdict(settings)), "readout": settings.readout,
+            "label_score": label_score_name(settings),
             "labels": list(label_names), "categories": list(categories),
             "class_pixel_fraction": {label_names[c]: _num(class_fraction[c])
                                      for c in range(1, len(label_names))},
             "layers": layers}
+
+
+def label_score_name(settings):
+    """The measure that picks each unit's label (and ranks its runner-up)."""
+    return "max_iqr" if (settings.readout, settings.rule) == ("reference", "iqr") else "iou"
 
 
 def write_summary(outdir, summary):
@@ -103,6 +115,7 @@ class Dissection:
         self.labels = self.summary["labels"]
         self.categories = self.summary["categories"]
         self.rule = self.summary["settings"]["rule"]
+        self.readout = self.summary["settings"]["readout"]
 
     @property
     def layers(self):
@@ -126,14 +139,15 @@ class Dissection:
                             f"{' ...' if len(self.labels) > 21 else ''})")
         return self.labels.index(name)
 
-    def matrix(self, layer, measure, rule=None):
-        """(U, C) matrix of `measure` (iou, iqr, agreement, threshold, ...) under `rule`."""
+    def matrix(self, layer, measure, rule=None, readout=None):
+        """(U, C) matrix of `measure` (iou, iqr, agreement, threshold, ..., label_score) under `rule` and
+        `readout` (default: the dissection's own)."""
         with np.load(self._stats_path(layer)) as data:
-            return data[f"{rule or self.rule}_{measure}"]
+            return data[f"{readout or self.readout}_{rule or self.rule}_{measure}"]
 
-    def units_for(self, name, layer, rule=None):
+    def units_for(self, name, layer, rule=None, readout=None):
         """Units of `layer` ranked by their IoU with class `name`, best first."""
-        scores = self.matrix(layer, "iou", rule)[:, self.class_index(name)]
+        scores = self.matrix(layer, "iou", rule, readout)[:, self.class_index(name)]
         return np.argsort(-scores, kind="stable")
 
     def mean_activation(self, layer):

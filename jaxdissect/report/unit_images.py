@@ -78,12 +78,16 @@ def unit_strip(images, activations, threshold, gap=2):
     return buffer.getvalue()
 
 
-def layer_strips(generator, params, layer, seed, units, shown, batch_size):
-    """{unit: JPEG strip} for the unit summaries `units` of dissect.json (first `shown` top samples)."""
+def layer_strips(render, layer, units, shown, batch_size):
+    """{unit: JPEG strip} for the unit summaries `units` of dissect.json (first `shown` top samples);
+    `render(layer, indices, batch_size)` -> (uint8 images or None, featuremaps) draws them (a source's
+    `render`, jaxdissect.dissection.sources); no strips when there are no images."""
     wanted = sorted({i for u in units for i in u["top_samples"][:shown]})
     if not wanted:
         return {}
-    images, maps = render_samples(generator, params, layer, seed, wanted, batch_size)
+    images, maps = render(layer, wanted, batch_size)
+    if images is None:
+        return {}
     row = {index: k for k, index in enumerate(wanted)}
     strips = {}
     for u in units:
