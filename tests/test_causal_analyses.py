@@ -201,7 +201,8 @@ def test_class_quantile_is_the_lowest_edge_with_the_tail_share_at_most_one_minus
     joint = np.stack([np.stack([rng.multinomial(n, rng.dirichlet(np.ones(bins))) for n in class_pixels])
                       for _ in range(units)]).astype(np.int32)
     lo, hi = np.array([-1.0, 0.0, 2.0], np.float32), np.array([1.0, 3.0, 2.5], np.float32)
-    js = stats.JointStats(lo, hi, joint, joint.sum(axis=1), class_pixels, np.zeros((units, classes)), 281)
+    js = stats.joint_init(lo, hi, classes, bins)._replace(joint=joint, marginal=joint.sum(axis=1),
+                                                          class_pixels=class_pixels, pixels=281)
     for q in (0.5, 0.9, 0.99):
         got = concept.class_quantile(js, 2, q)
         for u in range(units):

@@ -133,10 +133,10 @@ def _check(path, arrays):
         images = arrays["images"]
         _require(path, "images", images.ndim == 4 and images.dtype.kind == "f" and images.shape[:2] == (seg.shape[0], 3),
                  f"must be (N, 3, H, W) floats with N = {seg.shape[0]}; got {_describe(images)}")
-    _scan(path, "segmentation", seg, lambda chunk: (chunk.min() >= 0) & (chunk.max() < len(labels)),
+    _scan(path, "segmentation", seg, lambda rows: (rows < 0) | (rows >= len(labels)),
           f"has values outside 0..{len(labels) - 1} (the {len(labels)} labels)")
     for name in layers + (["images"] if "images" in arrays else []):
-        _scan(path, name, arrays[name], lambda chunk: np.isfinite(chunk).all(), "has NaN or infinite values")
+        _scan(path, name, arrays[name], lambda rows: ~np.isfinite(rows), "has NaN or infinite values")
 
 
 def _require(path, name, ok, what):
@@ -144,13 +144,15 @@ def _require(path, name, ok, what):
         raise UserError(f"{path}: array {name!r} {what}")
 
 
-def _scan(path, name, array, ok, what):
-    """Checks `ok(rows)` over the array a few rows at a time (memory-mapped arrays stay on disk)."""
+def _scan(path, name, array, bad, what):
+    """Raises UserError naming the first row where `bad(rows)` (elementwise) holds anywhere; reads the
+    array a few rows at a time (memory-mapped arrays stay on disk)."""
     row_bytes = max(int(np.prod(array.shape[1:])) * array.dtype.itemsize, 1)
     step = max(SCAN_BYTES // row_bytes, 1)
     for start in range(0, array.shape[0], step):
-        if not ok(np.asarray(array[start:start + step])):
-            raise UserError(f"{path}: array {name!r} {what} (in rows {start}..{start + step - 1})")
+        flagged = bad(np.asarray(array[start:start + step])).reshape(-1, int(np.prod(array.shape[1:])))
+        if flagged.any():
+            raise UserError(f"{path}: array {name!r} {what} (first in row {start + int(np.argmax(flagged.any(1)))})")
 
 
 def _describe(array):

@@ -64,25 +64,32 @@ def layers_table(summary):
             "<th>most frequent labels (units)</th></tr>" + "".join(rows) + "</table>")
 
 
-def unit_card(unit, strip):
+SCORE_NAMES = {"max_iqr": "max IQR", "iou": "IoU"}
+
+
+def unit_card(unit, strip, label_score):
+    """One unit: label, category, IoU, IQR, agreement and threshold, the runner-up label with its score
+    (`label_score`, the measure that picks labels), and its top samples."""
     fmt = lambda x: "–" if x is None else f"{x:.3f}"
     image = (f'<img alt="top samples of unit {unit["unit"]}" src="data:image/jpeg;base64,'
              f'{base64.b64encode(strip).decode()}">' if strip else '<span class="muted">no samples</span>')
     return (f'<div class="card" id="u{unit["unit"]}"><div class="info"><div class="label">unit {unit["unit"]}: '
             f'{html.escape(unit["label"])}</div><div class="muted">{unit["category"] or "no label"}</div>'
-            f'IoU {fmt(unit["iou"])} · IQR {fmt(unit["iqr"])}<br>threshold {fmt(unit["threshold"])}</div>'
-            f'{image}</div>')
+            f'IoU {fmt(unit["iou"])} · IQR {fmt(unit["iqr"])}<br>agreement {fmt(unit["agreement"])} · '
+            f'threshold {fmt(unit["threshold"])}<br><span class="muted">runner-up: '
+            f'{html.escape(unit["runner_up"])} ({SCORE_NAMES[label_score]} {fmt(unit["runner_up_score"])})'
+            f'</span></div>{image}</div>')
 
 
-def unit_cards(layer_summary, strips):
+def unit_cards(layer_summary, strips, label_score):
     """Interpretable units grouped by label (most frequent labels first), each by IoU; the rest folded."""
     units = layer_summary["unit"]
     count = {label: v["units"] for label, v in layer_summary["labels"].items()}
     good = sorted((u for u in units if u["interpretable"]),
                   key=lambda u: (-count[u["label"]], u["label"], -(u["iou"] or 0)))
     rest = sorted((u for u in units if not u["interpretable"]), key=lambda u: -(u["iou"] or 0))
-    cards = "".join(unit_card(u, strips.get(u["unit"])) for u in good)
-    folded = "".join(unit_card(u, strips.get(u["unit"])) for u in rest)
+    cards = "".join(unit_card(u, strips.get(u["unit"]), label_score) for u in good)
+    folded = "".join(unit_card(u, strips.get(u["unit"]), label_score) for u in rest)
     return (f'<div class="cards">{cards}</div>'
             f'<details><summary>{len(rest)} units below the cut-offs</summary>'
             f'<div class="cards">{folded}</div></details>')
@@ -90,9 +97,11 @@ def unit_cards(layer_summary, strips):
 
 def settings_table(summary, run_info):
     s = summary["settings"]
+    cut_offs = (f"IoU > {s['min_iou']}, IQR > {s['min_iqr']}" if s["readout"] == "reference"
+                else f"IoU > {s['min_iou']}, agreement > {s['min_agreement']}")
     rows = {**run_info,
-            "samples": s["samples"], "seed": s["seed"], "threshold rule": s["rule"],
-            "cut-offs": f"IoU > {s['min_iou']}, agreement > {s['min_agreement']}",
+            "samples": s["samples"], "seed": s["seed"], "read-out": s["readout"], "threshold rule": s["rule"],
+            "labels picked by": SCORE_NAMES[summary["label_score"]], "cut-offs": cut_offs,
             "segmentation downsample": s["downsample"]}
     return '<table class="settings">' + "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items()) + "</table>"
@@ -103,7 +112,8 @@ def render_report(summary, strips_by_layer, run_info):
     for name, layer in summary["layers"].items():
         sections.append(f'<h2 id="{html.escape(name)}">{html.escape(name)}: {layer["interpretable_units"]} of '
                         f'{layer["units"]} units interpretable</h2>{legend(label_counts(layer))}'
-                        f'{bar_chart(label_counts(layer))}{unit_cards(layer, strips_by_layer.get(name, {}))}')
+                        f'{bar_chart(label_counts(layer))}'
+                        f'{unit_cards(layer, strips_by_layer.get(name, {}), summary["label_score"])}')
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Dissection report</title>'
             f'<style>{STYLE}</style></head><body><h1>GAN dissection report</h1>'
             f'{settings_table(summary, run_info)}<h2>Layers</h2>{layers_table(summary)}'
