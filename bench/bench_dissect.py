@@ -24,31 +24,28 @@ import time
 import jax
 
 from jaxdissect import parallel
-from jaxdissect.dissection import engine
+from jaxdissect.dissection import engine, sources
 from jaxdissect.models.load import load_generator
 from jaxdissect.segmentation.segmenter import Segmenter
 
 
-def forward_rate(generator, g_params, segmenter, s_params, layers, samples, batch_size, downsample):
-    @jax.jit
-    def forward(index):
-        z = parallel.latents_at(0, index, generator.latent_size)
-        return engine.labelled_featuremaps(generator, segmenter, layers, downsample, g_params, s_params, z)
-    jax.block_until_ready(forward(parallel.global_indices(0, batch_size, samples)))
+def forward_rate(source, samples, batch_size):
+    """Samples/s of the source's forward (latents, generator, segmenter: the dissection's own program)."""
+    jax.block_until_ready(source.labelled_featuremaps(0, parallel.global_indices(0, batch_size, samples)))
     started = time.time()
     for start in range(0, samples, batch_size):
-        out = forward(parallel.global_indices(start, batch_size, samples))
+        out = source.labelled_featuremaps(start, parallel.global_indices(start, batch_size, samples))
     jax.block_until_ready(out)
     return -(-samples // batch_size) * batch_size / (time.time() - started)
 
 
-def dissect_rate(generator, g_params, segmenter, s_params, settings):
+def dissect_rate(source, settings):
     with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as outdir:
         small = engine.DissectSettings(**{**settings.__dict__, "samples": 2 * settings.batch_size,
                                           "calibration_samples": settings.batch_size})
-        engine.collect_statistics(generator, g_params, segmenter, s_params, small, warm)  # compile
+        engine.collect_statistics(source, small, warm)  # compile
         started = time.time()
-        engine.collect_statistics(generator, g_params, segmenter, s_params, settings, outdir)
+        engine.collect_statistics(source, settings, outdir)
         return settings.samples / (time.time() - started)
 
 
@@ -81,17 +78,18 @@ def main():
     layers = tuple(args.layers.split(","))
     settings = engine.DissectSettings(layers=layers, samples=args.samples, batch_size=args.batch_size,
                                       downsample=args.downsample)
+    source = sources.GeneratedSamples(generator, g_params, segmenter, s_params, layers, args.downsample,
+                                      settings.seed)
     if args.child:
-        engine.collect_statistics(generator, g_params, segmenter, s_params, settings, args.outdir)
+        engine.collect_statistics(source, settings, args.outdir)
         print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; layers {args.layers}; "
           f"batch {args.batch_size}; downsample {args.downsample}")
     forward = full = 0.0
     for _ in range(args.rounds):   # alternated, best of each: a shared machine's slow spells hit both alike
-        forward = max(forward, forward_rate(generator, g_params, segmenter, s_params, layers, args.samples,
-                                            args.batch_size, args.downsample))
-        full = max(full, dissect_rate(generator, g_params, segmenter, s_params, settings))
+        forward = max(forward, forward_rate(source, args.samples, args.batch_size))
+        full = max(full, dissect_rate(source, settings))
     print(f"generator+segmenter forward alone: {forward:8.1f} samples/s")
     print(f"full dissection ({args.samples} samples): {full:8.1f} samples/s")
     print(f"ratio dissection / forward: {full / forward:.3f}  (target >= 0.85)")

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from bench_ace import search_step
 from measure import function_flops, machine_line, peak_gflops, rate_line, time_calls
 from jaxdissect import parallel
-from jaxdissect.dissection import engine
+from jaxdissect.dissection import engine, sources
 from jaxdissect.models.load import load_generator
 from jaxdissect.models.proggan import ProGAN
 from jaxdissect.segmentation import upernet
@@ -134,11 +134,13 @@ def bench_dissection(config, generator, g_params, segmenter, s_params, flops, pe
     settings = engine.DissectSettings(layers=config.layers, samples=config.dissect_samples, batch_size=batch,
                                       downsample=config.downsample, calibration_samples=batch,
                                       checkpoint_every=10 ** 9)
+    source = sources.GeneratedSamples(generator, g_params, segmenter, s_params, config.layers, config.downsample,
+                                      settings.seed)
     with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as outdir:
         small = dataclasses.replace(settings, samples=batch)
-        engine.collect_statistics(generator, g_params, segmenter, s_params, small, warm)       # compile
+        engine.collect_statistics(source, small, warm)       # compile
         started = time.perf_counter()
-        engine.collect_statistics(generator, g_params, segmenter, s_params, settings, outdir)
+        engine.collect_statistics(source, settings, outdir)
         seconds = time.perf_counter() - started
     print(rate_line(f"dissection ({config.dissect_samples} samples)", config.dissect_samples, [seconds],
                     flops, peak), flush=True)
