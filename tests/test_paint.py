@@ -104,12 +104,14 @@ def write_dissection(root, generator_dir=None, ace=()):
     interpretable_labels = {0: "tree", 3: "sky", 7: "tree", 8: "door"}  # grass labels no unit
     units = [{"unit": u, "label": interpretable_labels.get(u, "grass"), "interpretable": u in interpretable_labels}
              for u in range(16)]
-    summary = {"settings": {"rule": "iqr"}, "labels": labels, "categories": [""] + ["object"] * 4,
+    summary = {"settings": {"rule": "iqr", "readout": "reference"}, "labels": labels,
+               "categories": [""] + ["object"] * 4,
                "layers": {"layer4": {"unit": units}, "layer6": {"unit": units[:8]}}}
     os.makedirs(os.path.join(root, "stats"))
     with open(os.path.join(root, "dissect.json"), "w") as f:
         json.dump(summary, f)
-    np.savez(os.path.join(root, "stats", "layer4.npz"), iqr_iou=iou, act_sum=act_sum, class_pixels=class_pixels)
+    np.savez(os.path.join(root, "stats", "layer4.npz"), reference_iqr_iou=iou, act_sum=act_sum,
+             class_pixels=class_pixels)
     with open(os.path.join(root, "run.json"), "w") as f:
         json.dump({"flags": {"generator": generator_dir, "seed": SEED}}, f)
     for name, content in ace:

@@ -112,6 +112,9 @@ class Dissection:
         with open(path) as f:
             self.summary = json.load(f)
         self.outdir = outdir
+        if "readout" not in self.summary.get("settings", {}):
+            raise UserError(f"{path} was written by an older jaxdissect (no --readout); rerun --mode=dissect "
+                            "into a new --outdir")
         self.labels = self.summary["labels"]
         self.categories = self.summary["categories"]
         self.rule = self.summary["settings"]["rule"]

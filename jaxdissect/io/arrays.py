@@ -131,7 +131,8 @@ def _check(path, arrays):
                  f"got {_describe(arrays[name])}")
     if "images" in arrays:
         images = arrays["images"]
-        _require(path, "images", images.ndim == 4 and images.dtype.kind == "f" and images.shape[:2] == (seg.shape[0], 3),
+        _require(path, "images", images.ndim == 4 and images.dtype.kind == "f"
+                 and images.shape[:2] == (seg.shape[0], 3),
                  f"must be (N, 3, H, W) floats with N = {seg.shape[0]}; got {_describe(images)}")
     _scan(path, "segmentation", seg, lambda rows: (rows < 0) | (rows >= len(labels)),
           f"has values outside 0..{len(labels) - 1} (the {len(labels)} labels)")
