@@ -4,7 +4,8 @@
 their keys files, following its README section 2: one numpy Generator,
 consumed over every encoder entry and then every decoder entry in the listed
 order, each rule drawing float64 and casting to float32. Every array is
-checked against the sha256 recorded in the keys file.
+checked against the sha256 recorded in the keys file. `seeded_images` rebuilds
+the goldens' two input images from their README section 3 recipe.
 
 `random_state_dicts` makes small random ones for any config (the keys come
 from `upernet.torch_layout`, so they test conversion mechanics, not naming).
@@ -66,6 +67,36 @@ def seeded_state_dicts(fixtures_dir, variant):
                 raise AssertionError(f"{variant}: regenerated {key!r} does not match its sha256")
         state_dicts.append(sd)
     return tuple(state_dicts)
+
+
+# sha256 of the goldens' `images` array (float32, little-endian, C order).
+IMAGES_SHA256 = "cd94f7786af6fbfe6e9e660d3d0ab898255b1b9267032a8f0e6cf9d6acf2fd99"
+
+
+def _upsample_axis(a, size, axis):
+    """Linear interpolation of `axis` to `size` (half-pixel centres, edges clamped)."""
+    n = a.shape[axis]
+    src = np.maximum((np.arange(size) + 0.5) * n / size - 0.5, 0.0)
+    i0 = np.floor(src).astype(int)
+    i1 = np.minimum(i0 + 1, n - 1)
+    shape = [1] * a.ndim
+    shape[axis] = size
+    weight = (src - i0).reshape(shape)
+    return np.take(a, i0, axis) * (1 - weight) + np.take(a, i1, axis) * weight
+
+
+def seeded_images():
+    """The (2, 3, 128, 128) float32 RGB images in [-1, 1] that every golden was computed on."""
+    rng = np.random.default_rng(3)
+    octaves = [rng.standard_normal((2, 3, s, s)) for s in (4, 8, 16)]
+    up = lambda a: _upsample_axis(_upsample_axis(a, 128, 2), 128, 3)
+    field = up(octaves[0]) + 0.5 * up(octaves[1]) + 0.25 * up(octaves[2])
+    rows = np.linspace(1, -1, 128)[None, None, :, None]
+    tint = np.array([0.2, 0.5, 1.0])[None, :, None, None]
+    images = np.tanh(0.8 * field + 0.8 * rows * tint).astype(np.float32)
+    if _sha256(images) != IMAGES_SHA256:
+        raise AssertionError("regenerated images do not match their sha256")
+    return images
 
 
 def random_state_dicts(config, seed=0, sync_bn_buffers=False):
