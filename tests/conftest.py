@@ -4,15 +4,13 @@ import tempfile
 
 import pytest
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 @pytest.fixture(scope="session")
-def shared_dir():
-    """The fixtures folder shipped beside the repo (tests only; the product never reads it)."""
-    if not os.path.isdir(SHARED):
-        pytest.fail(f"{SHARED} not found: the golden fixtures must sit beside the repo")
-    return os.path.abspath(SHARED)
+def fixtures_dir():
+    """tests/fixtures: the golden fixtures the tests read (see its README.md)."""
+    return FIXTURES
 
 
 def pytest_configure(config):

@@ -22,17 +22,17 @@ VARIANTS = ["small_layer_names_legacy.pth", "small_old_names_zip.pth", "small_wr
 SMALL_ATOL = 5e-5
 
 
-def small_dir(shared_dir):
-    return os.path.join(shared_dir, "fixtures", "proggan", "small")
+def small_dir(fixtures_dir):
+    return os.path.join(fixtures_dir, "proggan", "small")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_converted_small_model_matches_golden(shared_dir, tmp_path, variant):
-    src = os.path.join(small_dir(shared_dir), variant)
+def test_converted_small_model_matches_golden(fixtures_dir, tmp_path, variant):
+    src = os.path.join(small_dir(fixtures_dir), variant)
     dst = str(tmp_path / "generator")
     convert(src, dst)
     model, params = load_generator(dst)
-    golden = np.load(os.path.join(small_dir(shared_dir), "golden_small.npz"))
+    golden = np.load(os.path.join(small_dir(fixtures_dir), "golden_small.npz"))
     outputs = generate(model, params, golden["z"], capture=model.layer_names, batch_size=4)
     assert set(outputs) == {"image", "layer1", "layer2", "layer3", "layer4", "layer5", "layer6",
                             "layer7", "layer8", "output_32x32"}
@@ -40,16 +40,16 @@ def test_converted_small_model_matches_golden(shared_dir, tmp_path, variant):
         np.testing.assert_allclose(value, golden[name], rtol=0, atol=SMALL_ATOL, err_msg=name)
 
 
-def test_meta(shared_dir, tmp_path):
-    src = os.path.join(small_dir(shared_dir), "small_wrapped.pth")
+def test_meta(fixtures_dir, tmp_path):
+    src = os.path.join(small_dir(fixtures_dir), "small_wrapped.pth")
     convert(src, str(tmp_path / "generator"))
     with open(tmp_path / "generator" / "meta.json") as f:
         meta = json.load(f)
-    with open(os.path.join(small_dir(shared_dir), "small_config.json")) as f:
+    with open(os.path.join(small_dir(fixtures_dir), "small_config.json")) as f:
         config = json.load(f)
     with open(src, "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
-    golden = np.load(os.path.join(small_dir(shared_dir), "golden_small.npz"))
+    golden = np.load(os.path.join(small_dir(fixtures_dir), "golden_small.npz"))
     assert meta["kind"] == "proggan" and meta["output_tanh"] is False
     assert meta["sizes"] == config["sizes"] and meta["resolution"] == config["resolution"]
     assert [layer["name"] for layer in meta["layers"]] == config["children"]
@@ -59,9 +59,9 @@ def test_meta(shared_dir, tmp_path):
     assert meta["source"] == {"file": "small_wrapped.pth", "sha256": sha256}
 
 
-def test_old_names_become_modern_names(shared_dir):
-    modern = load_state_dict(os.path.join(small_dir(shared_dir), "small_layer_names_legacy.pth"))
-    old = load_state_dict(os.path.join(small_dir(shared_dir), "small_old_names_zip.pth"))
+def test_old_names_become_modern_names(fixtures_dir):
+    modern = load_state_dict(os.path.join(small_dir(fixtures_dir), "small_layer_names_legacy.pth"))
+    old = load_state_dict(os.path.join(small_dir(fixtures_dir), "small_old_names_zip.pth"))
     assert "features.0.conv.weight" in old
     renamed = modern_names(old)
     assert list(renamed) == list(modern)
@@ -73,8 +73,8 @@ def test_old_names_become_modern_names(shared_dir):
 
 
 @pytest.mark.parametrize("table", ["keys.json", "shapes_default256.json"])
-def test_infer_sizes_of_the_full_configurations(shared_dir, table):
-    with open(os.path.join(shared_dir, "fixtures", "proggan", "full", table)) as f:
+def test_infer_sizes_of_the_full_configurations(fixtures_dir, table):
+    with open(os.path.join(fixtures_dir, "proggan", "full", table)) as f:
         config = json.load(f)
     shapes = {entry[0]: np.broadcast_to(np.float32(0), entry[1]) for entry in config["params"]}
     assert infer_sizes(shapes) == config["sizes"]
@@ -82,8 +82,8 @@ def test_infer_sizes_of_the_full_configurations(shared_dir, table):
 
 # ---------------------------------------------------------------- refusals
 
-def small_arrays(shared_dir):
-    return load_state_dict(os.path.join(small_dir(shared_dir), "small_layer_names_legacy.pth"))
+def small_arrays(fixtures_dir):
+    return load_state_dict(os.path.join(small_dir(fixtures_dir), "small_layer_names_legacy.pth"))
 
 
 def edited(arrays, drop=(), add=None, replace=None):
@@ -93,11 +93,11 @@ def edited(arrays, drop=(), add=None, replace=None):
     return out
 
 
-def bad_state_dicts(shared_dir):
+def bad_state_dicts(fixtures_dir):
     """(name, .pth bytes, fragments the error must contain)."""
-    arrays = small_arrays(shared_dir)
+    arrays = small_arrays(fixtures_dir)
     zipped = lambda a: pw.zip_bytes(pw.state_dict(a))
-    good = open(os.path.join(small_dir(shared_dir), "small_wrapped.pth"), "rb").read()
+    good = open(os.path.join(small_dir(fixtures_dir), "small_wrapped.pth"), "rb").read()
     return [
         ("missing_key", zipped(edited(arrays, drop=["layer4.wscale.b"])),
          ["missing key 'layer4.wscale.b'"]),
@@ -121,11 +121,11 @@ def bad_state_dicts(shared_dir):
     ]
 
 
-def test_bad_inputs_raise_and_leave_nothing(shared_dir, tmp_path):
+def test_bad_inputs_raise_and_leave_nothing(fixtures_dir, tmp_path):
     sources, out = tmp_path / "sources", tmp_path / "out"
     sources.mkdir()
     out.mkdir()
-    cases = bad_state_dicts(shared_dir) + [("missing_file", None, ["no such file"])]
+    cases = bad_state_dicts(fixtures_dir) + [("missing_file", None, ["no such file"])]
     for name, data, fragments in cases:
         src = str(sources / f"{name}.pth")
         if data is not None:
@@ -140,30 +140,30 @@ def test_bad_inputs_raise_and_leave_nothing(shared_dir, tmp_path):
         assert os.listdir(out) == [], name  # no partial folder, no temporary left beside it
 
 
-def test_existing_destination_is_kept(shared_dir, tmp_path):
+def test_existing_destination_is_kept(fixtures_dir, tmp_path):
     dst = tmp_path / "generator"
     dst.mkdir()
     (dst / "precious.txt").write_text("keep me")
     with pytest.raises(UserError) as e:
-        convert(os.path.join(small_dir(shared_dir), "small_wrapped.pth"), str(dst))
+        convert(os.path.join(small_dir(fixtures_dir), "small_wrapped.pth"), str(dst))
     assert "already exists" in str(e.value)
     assert os.listdir(tmp_path) == ["generator"] and os.listdir(dst) == ["precious.txt"]
     with pytest.raises(UserError) as e:  # a destination inside a file cannot be created
-        convert(os.path.join(small_dir(shared_dir), "small_wrapped.pth"), str(dst / "precious.txt" / "g"))
+        convert(os.path.join(small_dir(fixtures_dir), "small_wrapped.pth"), str(dst / "precious.txt" / "g"))
     assert "cannot write the model folder" in str(e.value) and "\n" not in str(e.value)
     assert os.listdir(tmp_path) == ["generator"] and os.listdir(dst) == ["precious.txt"]
 
 
-def test_command_line(shared_dir, tmp_path):
+def test_command_line(fixtures_dir, tmp_path):
     script = os.path.join(REPO, "convert", "proggan.py")
-    src = os.path.join(small_dir(shared_dir), "small_old_names_zip.pth")
+    src = os.path.join(small_dir(fixtures_dir), "small_old_names_zip.pth")
     done = subprocess.run([sys.executable, script, "--src", src, "--dst", str(tmp_path / "ok")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ok" / "meta.json").read_text())["sizes"] == [64, 64, 64, 32, 16]
 
     bad = tmp_path / "missing_key.pth"
-    bad.write_bytes(pw.zip_bytes(pw.state_dict(edited(small_arrays(shared_dir), drop=["layer1.wscale.b"]))))
+    bad.write_bytes(pw.zip_bytes(pw.state_dict(edited(small_arrays(fixtures_dir), drop=["layer1.wscale.b"]))))
     done = subprocess.run([sys.executable, script, "--src", str(bad), "--dst", str(tmp_path / "bad")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
@@ -172,8 +172,8 @@ def test_command_line(shared_dir, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["missing_key.pth", "ok"]
 
 
-def test_half_precision_weights_are_widened(shared_dir, tmp_path):
-    arrays = small_arrays(shared_dir)
+def test_half_precision_weights_are_widened(fixtures_dir, tmp_path):
+    arrays = small_arrays(fixtures_dir)
     half = {k: v.astype(np.float16) for k, v in arrays.items()}
     src = tmp_path / "half.pth"
     src.write_bytes(pw.legacy_bytes(pw.state_dict(half, metadata=True)))

@@ -16,9 +16,9 @@ import cli_helpers  # noqa: E402  (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")
-def generator_dir(shared_dir, tmp_path_factory):
+def generator_dir(fixtures_dir, tmp_path_factory):
     dst = str(tmp_path_factory.mktemp("models") / "small")
-    convert(os.path.join(shared_dir, "fixtures", "proggan", "small", "small_wrapped.pth"), dst)
+    convert(os.path.join(fixtures_dir, "proggan", "small", "small_wrapped.pth"), dst)
     return dst
 
 

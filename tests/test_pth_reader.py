@@ -20,8 +20,8 @@ def write(tmp_path, data, name="model.pth"):
     return str(path)
 
 
-def small_file(shared_dir, name):
-    return os.path.join(shared_dir, "fixtures", "proggan", "small", name)
+def small_file(fixtures_dir, name):
+    return os.path.join(fixtures_dir, "proggan", "small", name)
 
 
 def assert_one_line_error(excinfo, path, *fragments):
@@ -42,12 +42,12 @@ def brute_force_view(flat, offset, shape, stride):
 
 # ---------------------------------------------------------------- the fixture files
 
-def test_fixture_files_hold_the_same_weights(shared_dir):
-    with open(small_file(shared_dir, "small_config.json")) as f:
+def test_fixture_files_hold_the_same_weights(fixtures_dir):
+    with open(small_file(fixtures_dir, "small_config.json")) as f:
         expected = [(key, tuple(shape)) for key, shape in json.load(f)["state_dict_keys"]]
-    legacy = load_state_dict(small_file(shared_dir, "small_layer_names_legacy.pth"))
-    wrapped = load_state_dict(small_file(shared_dir, "small_wrapped.pth"))
-    old_names = load_state_dict(small_file(shared_dir, "small_old_names_zip.pth"))
+    legacy = load_state_dict(small_file(fixtures_dir, "small_layer_names_legacy.pth"))
+    wrapped = load_state_dict(small_file(fixtures_dir, "small_wrapped.pth"))
+    old_names = load_state_dict(small_file(fixtures_dir, "small_old_names_zip.pth"))
     assert [(k, v.shape) for k, v in legacy.items()] == expected
     assert list(wrapped) == list(legacy)
     assert len(old_names) == len(legacy)
@@ -61,8 +61,8 @@ def test_fixture_files_hold_the_same_weights(shared_dir):
     assert 0.05 < legacy["layer2.wscale.b"].std() < 0.2
 
 
-def test_load_keeps_the_wrapper(shared_dir):
-    obj = load(small_file(shared_dir, "small_wrapped.pth"))
+def test_load_keeps_the_wrapper(fixtures_dir):
+    obj = load(small_file(fixtures_dir, "small_wrapped.pth"))
     assert list(obj) == ["state_dict"]
     assert obj["state_dict"]["output_32x32.conv.weight"].shape == (3, 16, 1, 1)
 
@@ -169,8 +169,8 @@ def test_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["small_layer_names_legacy.pth", "small_wrapped.pth"])
-def test_truncated_fixture(shared_dir, tmp_path, name):
-    data = open(small_file(shared_dir, name), "rb").read()
+def test_truncated_fixture(fixtures_dir, tmp_path, name):
+    data = open(small_file(fixtures_dir, name), "rb").read()
     for cut in [0, 1, 7, 30, 200, 3000, len(data) // 2, len(data) - 100, len(data) - 1]:
         path = write(tmp_path, data[:cut], f"cut{cut}.pth")
         with pytest.raises(UserError) as e:

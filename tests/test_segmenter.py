@@ -1,7 +1,7 @@
 """The Segmenter: label numbering, merging, quad division, preprocessing and voting.
 
 References: the upp wrapper's own outputs on seeded weights
-(fixtures/upernet: labelcats.json, wrapper_meta.json, golden_upp.npz,
+(tests/fixtures/upernet: labelcats.json, wrapper_meta.json, golden_upp.npz,
 golden_ade20k.npz), and brute-force numpy (flood fill, pooling loops).
 """
 import collections
@@ -24,7 +24,7 @@ from jaxdissect.segmentation import segmenter as seg
 from jaxdissect.segmentation import resample, upernet
 from jaxdissect.segmentation.labels import (PART_OWNERS, SEGDIVS, flat_label_space,
                                             flat_label_space_from_meta, upp_label_space)
-from seeded_upernet import seeded_state_dicts
+from seeded_upernet import seeded_images, seeded_state_dicts
 import cli_helpers
 
 # predict_single_class goldens: tag -> class number (undivided numbering).
@@ -33,8 +33,8 @@ PSC_CLASSES = {"door": 137, "tree": 131, "sky": 11, "window": 163,
 
 
 @pytest.fixture(scope="module")
-def fixtures(shared_dir):
-    return os.path.join(shared_dir, "fixtures", "upernet")
+def fixtures(fixtures_dir):
+    return os.path.join(fixtures_dir, "upernet")
 
 
 def _json(fixtures, name):
@@ -63,17 +63,30 @@ def nhwc(a):
     return np.transpose(a, (0, 2, 3, 1))
 
 
-def golden_probabilities(golden):
-    """The wrapper's summed probabilities (one scale: the inference outputs), NHWC."""
-    parts = tuple(nhwc(golden[f"inf_part{k}_{owner}_softmax"])
+def golden_head(golden, head, n_channels):
+    """One head of the wrapper's probabilities as far as the merges and class scores
+    read them (NHWC): its top probability at its argmax channel, the fixture's kept
+    channels (those of the predict_single_class goldens), 0 elsewhere."""
+    argmax = golden[f"inf_{head}_argmax"].astype(np.int64)
+    probs = np.zeros((*argmax.shape, n_channels), np.float32)
+    np.put_along_axis(probs, argmax[..., None], golden[f"inf_{head}_top"][..., None], axis=-1)
+    if f"inf_{head}_channel_ids" in golden:
+        probs[..., golden[f"inf_{head}_channel_ids"]] = nhwc(golden[f"inf_{head}_channels"])
+    return probs
+
+
+def golden_probabilities(golden, labels):
+    """The wrapper's summed probabilities (one scale: the inference outputs), reduced as
+    in `golden_head`: the same argmaxes and the same scores for the goldens' classes."""
+    parts = tuple(golden_head(golden, f"part{k}_{owner}", len(labels["object_part"][owner]))
                   for k, owner in enumerate(PART_OWNERS))
-    return {"object": nhwc(golden["inf_object_softmax"]),
-            "material": nhwc(golden["inf_material_softmax"]), "part": parts}
+    return {"object": golden_head(golden, "object", len(labels["object"])),
+            "material": golden_head(golden, "material", len(labels["material"])), "part": parts}
 
 
 @pytest.fixture(scope="module")
-def upp_probs(golden_upp):
-    return golden_probabilities(golden_upp)
+def upp_probs(golden_upp, labels_json):
+    return golden_probabilities(golden_upp, labels_json)
 
 
 def upp_config(labels_json):
@@ -171,7 +184,7 @@ def test_upp_class_score_reproduces_predict_single_class(labels_json, upp_probs,
 
 
 def test_flat_merge_and_class_score(golden_ade):
-    probs = {"object": nhwc(golden_ade["softmax_64"])}
+    probs = {"object": nhwc(golden_ade["softmax_64_grid"])}
     space = flat_label_space([f"class_{i}" for i in range(150)])
     argmax = probs["object"].argmax(-1)
     out = np.asarray(seg.merge_flat_segmentation(space, probs))
@@ -274,14 +287,14 @@ def test_quad_channels_match_reference():
 
 def test_upp_preprocess_is_bit_exact(labels_json, golden_upp):
     segmenter = seg.Segmenter.create(upp_config(labels_json), labels_json)
-    x = jax.jit(segmenter.preprocess)(nhwc(golden_upp["images"]))
+    x = jax.jit(segmenter.preprocess)(nhwc(seeded_images()))
     np.testing.assert_array_equal(np.asarray(x), nhwc(golden_upp["upp_input"]))
 
 
 def test_ade_preprocess_matches(golden_ade):
     config = upernet.UPerNetConfig("ade20k", n_class=150)
     segmenter = seg.Segmenter.create(config, [f"class_{i}" for i in range(150)])
-    x = np.asarray(jax.jit(segmenter.preprocess)(nhwc(golden_ade["images"])))
+    x = np.asarray(jax.jit(segmenter.preprocess)(nhwc(seeded_images())))
     # XLA's float32 division is not always correctly rounded: allow one ulp.
     np.testing.assert_array_max_ulp(x, nhwc(golden_ade["ade_input"]), maxulp=1)
 
@@ -365,7 +378,7 @@ def test_segment_end_to_end_on_seeded_weights(fixtures, labels_json, golden_upp)
                                              space.decoder_part_sizes)
     params = upernet.params_from_state_dicts(config, encoder_sd, decoder_sd)
     segmenter = seg.Segmenter.create(config, labels_json, "undivided", segsizes=(128,))
-    images = nhwc(golden_upp["images"])
+    images = nhwc(seeded_images())
 
     out = np.asarray(segmenter.segment(params, images, downsample=2))
     stable = ~golden_upp["seg_fragile_gap_lt_1e-4"][:, None]
@@ -467,13 +480,14 @@ def check_merges_in_shard_map(fixtures):
     from jax.sharding import NamedSharding, PartitionSpec
     assert jax.device_count() == 2
     with open(os.path.join(fixtures, "labels.json")) as f:
-        space = upp_label_space(json.load(f), "quad")
+        labels = json.load(f)
+    space = upp_label_space(labels, "quad")
     with np.load(os.path.join(fixtures, "golden_upp.npz")) as g:
         golden = dict(g)
     mesh = jax.make_mesh((2,), ("batch",))
     batch = PartitionSpec("batch")
     with jax.set_mesh(mesh):
-        probs = jax.device_put(golden_probabilities(golden), NamedSharding(mesh, batch))
+        probs = jax.device_put(golden_probabilities(golden, labels), NamedSharding(mesh, batch))
         merge = jax.shard_map(functools.partial(seg.merge_upp_segmentation, space),
                               in_specs=batch, out_specs=batch)
         np.testing.assert_array_equal(np.asarray(jax.jit(merge)(probs)), golden["seg_quad"])
