@@ -2,9 +2,9 @@
 
 References: tests/fixtures/upernet (golden_upp.npz, golden_ade20k.npz produced
 by upstream on weights rebuilt here from keys_*.json, every sha256 checked;
-prroi_check.json), and brute-force numpy for the resampling
-matrices. The fixture keeps some full maps for image 0 only (KEY_img0) and
-the inference softmaxes on a grid of pixels (KEY_grid); see its README.
+prroi_check.json), and brute-force numpy for the resampling matrices. The
+fixture keeps some full maps for image 0 only (KEY_img0) and the inference
+softmaxes on a grid of pixels (KEY_grid); see its README.
 
 Tolerances (README section 9): upstream's own float32 run differs from its
 float64 run by a recorded max |diff| per output (*_f32_vs_f64.json). Our
@@ -84,8 +84,9 @@ def rel_tolerance(run, noise_key, max_abs):
 
 
 def golden_map(run, key):
-    """(NHWC golden map, the max |value| of the whole golden map). Where the fixture
-    keeps image 0 only (KEY_img0) it also keeps the whole map's max |value| (KEY_maxabs)."""
+    """(NHWC golden map, the max |value| of the whole golden map). Of some maps the
+    fixture keeps image 0 only (KEY_img0) and, where a relative tolerance needs it,
+    the whole map's max |value| (KEY_maxabs; None if not kept)."""
     g = run["golden"]
     if key in g:
         return nhwc(g[key]), np.abs(g[key]).max()
@@ -204,7 +205,6 @@ def test_ade_config_inferred_from_weights(ade):
 
 
 def test_ade_encoder_and_pooling(ade):
-    g = ade["golden"]
     summary_checks(ade, "stem", "enc_stem", "enc_conv_out0")
     for i in range(4):
         summary_checks(ade, f"conv_out{i}", f"enc_conv_out{i}", f"enc_conv_out{i}")
