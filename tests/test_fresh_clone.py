@@ -4,7 +4,8 @@ Clones this repository's HEAD into an empty temporary folder (no shared/
 or anything else beside it) and runs there a subset of the tests that read
 tests/fixtures: together they open every kind of fixture file (the three
 .pth files, both ProGAN goldens and recipes, the UPerNet labels, goldens,
-seeded weights and images). About 20 s on this project's 2-core CPU.
+seeded weights and images, the dissection samples and the original tool's
+labels). About 45 s on this project's 2-core CPU.
 """
 import os
 import shutil
@@ -26,6 +27,7 @@ FIXTURE_TESTS = (
     "tests/test_segmenter.py::test_ade_preprocess_matches",
     "tests/test_segmenter.py::test_segment_end_to_end_on_seeded_weights",
     "tests/test_upernet.py::test_prroi_weights_match_readme_table",
+    "tests/test_readout_fidelity.py::test_iqr_labels_match_the_original",
 )
 
 
