@@ -347,7 +347,8 @@ sys.path.insert(0, {tests!r})
 import jax, planted
 from jaxdissect.dissection import engine, sources
 assert jax.device_count() == {devices}
-gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+gen = planted.PlantedGenerator()
+seg = planted.PlantedSegmenter(label_categories=("", "object", "part"))   # two categories: every histogram
 settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5)
 source = sources.GeneratedSamples(gen, gen.init(), seg, None, settings.layers, 1, settings.seed)
 (rs, js), = engine.collect_statistics(source, settings, {outdir!r}).values()
