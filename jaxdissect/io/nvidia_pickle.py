@@ -72,9 +72,12 @@ def load(path):
         raise UserError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise UserError(f"{path}: empty file, not a network pickle")
+    with open(path, "rb") as file:
+        if file.read(1) != b"\x80":
+            raise UserError(f"{path}: not a network pickle (nor a torch.save file)")
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         try:
-            return pth.unpickle(mapped, path, "the network pickle", _allowed_globals(path))
+            return pth.unpickle(mapped, path, "network pickle", _allowed_globals(path))
         except UserError as e:
             if "global dnnlib.tflib" in str(e):
                 raise UserError(f"{path}: a TensorFlow StyleGAN/StyleGAN2 pickle; convert it to PyTorch "
