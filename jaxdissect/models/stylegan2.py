@@ -54,21 +54,21 @@ class LayerSpec:
     out_channels: int
     resolution: int
     up: bool
-    w_index: int      # which of the broadcast ws gives its style
-    conv_index: int   # j for conv j (the noise map's index in rosinality's naming); -1 for torgb
+    w_index: int  # which of the broadcast ws gives its style
 
 
 def layer_specs(channels):
-    """The synthesis layers in run order, for `channels` at resolutions 4, 8, ..., R."""
-    specs = [LayerSpec("b4.conv1", "conv", channels[0], channels[0], 4, False, 0, 0),
-             LayerSpec("b4.torgb", "torgb", channels[0], 3, 4, False, 1, -1)]
-    j = 0
+    """The synthesis layers in run order, for `channels` at resolutions 4, 8, ..., R.
+
+    Conv j (counting from 0) takes its style from ws[j], the torgb after it from ws[j + 1].
+    """
+    specs = [LayerSpec("b4.conv1", "conv", channels[0], channels[0], 4, False, 0),
+             LayerSpec("b4.torgb", "torgb", channels[0], 3, 4, False, 1)]
     for k in range(1, len(channels)):
-        res, cin, cout = 4 * 2 ** k, channels[k - 1], channels[k]
-        specs += [LayerSpec(f"b{res}.conv0", "conv", cin, cout, res, True, j + 1, j + 1),
-                  LayerSpec(f"b{res}.conv1", "conv", cout, cout, res, False, j + 2, j + 2),
-                  LayerSpec(f"b{res}.torgb", "torgb", cout, 3, res, False, j + 3, -1)]
-        j += 2
+        res, cin, cout, j = 4 * 2 ** k, channels[k - 1], channels[k], 2 * k - 1
+        specs += [LayerSpec(f"b{res}.conv0", "conv", cin, cout, res, True, j),
+                  LayerSpec(f"b{res}.conv1", "conv", cout, cout, res, False, j + 1),
+                  LayerSpec(f"b{res}.torgb", "torgb", cout, 3, res, False, j + 2)]
     return tuple(specs)
 
 
@@ -145,6 +145,16 @@ def noise_keys(z):
     return jax.vmap(jax.random.wrap_key_data)(jnp.stack([mix(0x9E3779B1), mix(0x85EBCA77)], axis=-1))
 
 
+def random_noise(keys, specs, dtype):
+    """{conv name: (N, R, R) noise maps}: one standard normal draw per sample key, cut into the maps."""
+    convs = [s for s in specs if s.kind == "conv"]
+    sizes = [s.resolution ** 2 for s in convs]
+    flat = jax.vmap(lambda key: jax.random.normal(key, (sum(sizes),), dtype))(keys)
+    offsets = np.cumsum([0] + sizes)
+    return {s.name: flat[:, a:b].reshape(-1, s.resolution, s.resolution)
+            for s, a, b in zip(convs, offsets[:-1], offsets[1:])}
+
+
 class Affine(nn.Module):
     """The style of a layer: s = w (A / sqrt(w_dim)) + b. `weight` is (w_dim, C_in)."""
     channels: int
@@ -182,7 +192,7 @@ class SynthesisLayer(nn.Module):
         return self.affine(w)
 
     def __call__(self, x, style, noise):
-        """`noise` (N, R, R) or None: the maps of the "random" mode; "const" passes self.noise_const."""
+        """`noise`: (N or 1, R, R) maps to add (times noise_strength), or None."""
         weight, bias = self.weight.astype(self.dtype), self.bias.astype(self.dtype)
         if self.spec.kind == "torgb":
             y = matmul(x * (style * (1 / math.sqrt(self.spec.in_channels)))[:, None, None, :], weight[0, 0]) + bias
@@ -240,8 +250,7 @@ class StyleGAN2Module(nn.Module):
         if cfg.truncation_psi != 1:
             cut = cfg.num_ws if cfg.truncation_cutoff is None else cfg.truncation_cutoff
             ws = ws.at[:, :cut].set(w_avg + cfg.truncation_psi * (ws[:, :cut] - w_avg))
-        keys = noise_keys(z) if cfg.noise == "random" else None
-
+        noise = random_noise(noise_keys(z), cfg.specs, cfg.dtype) if cfg.noise == "random" else {}
         def run(name, value):
             value = edits[name](value) if name in edits else value
             if name in capture:
@@ -257,17 +266,9 @@ class StyleGAN2Module(nn.Module):
                 y = layer(x, style, None)
                 img = y if img is None else upsample_image(img) + y
             else:
-                x = run(spec.name, layer(x, style, self._noise(layer, spec, keys)))
+                maps = layer.noise_const[None] if cfg.noise == "const" else noise.get(spec.name)
+                x = run(spec.name, layer(x, style, maps))
         return (img if stop is None else None), captured
-
-    def _noise(self, layer, spec, keys):
-        if self.config.noise == "none":
-            return None
-        if self.config.noise == "const":
-            return layer.noise_const[None]
-        shape = (spec.resolution, spec.resolution)
-        return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, spec.conv_index), shape,
-                                                      self.config.dtype))(keys)
 
 
 @dataclasses.dataclass(frozen=True)
