@@ -182,6 +182,8 @@ def test_converted_folder_records_the_architecture_and_options(tmp_path):
         "b4.conv1", "b8.conv0", "b8.conv1", "b16.conv0", "b16.conv1", "b32.conv0", "b32.conv1"]
     assert on_disk["layers"][3]["shape"] == [16, 16, 32]
     assert on_disk["source"]["format"] == "nvidia" and on_disk["source"]["w_avg"] == "stored mapping.w_avg"
+    assert on_disk["source"]["init_kwargs"]["synthesis_kwargs"] == {
+        "channel_base": 512, "channel_max": 32, "num_fp16_res": 2, "conv_clamp": 1.5}
     model, _ = load_generator(str(tmp_path / "g"))
     assert model.latent_size == 64 and model.resolution == 32 and model.image_range == (-1.0, 1.0)
 
@@ -276,8 +278,8 @@ def test_pickle_that_runs_code_on_load_is_refused(tmp_path):
     assert not marker.exists() and sorted(os.listdir(tmp_path)) == ["evil.pkl"]
 
 
-@pytest.mark.parametrize("case", ["text", "no G_ema", "conditional", "missing key", "plain state dict",
-                                  "tensorflow"])
+@pytest.mark.parametrize("case", ["text", "no G_ema", "conditional", "kwargs disagree", "missing key",
+                                  "plain state dict", "tensorflow"])
 def test_other_files_are_refused_in_one_line(tmp_path, monkeypatch, case):
     g_ema, latent_avg = rosinality_arrays()
     src = tmp_path / "model.pkl"
@@ -292,6 +294,11 @@ def test_other_files_are_refused_in_one_line(tmp_path, monkeypatch, case):
         kwargs = nvidia_pickle.Module.init_kwargs
         monkeypatch.setattr(nvidia_pickle.Module, "init_kwargs", lambda self: {**kwargs(self), "c_dim": 5})
         expected = "G_ema has c_dim = 5; only unconditional StyleGAN2 generators with c_dim = 0 are supported"
+    elif case == "kwargs disagree":
+        src.write_bytes(open(fixture(SOURCES["nvidia"]), "rb").read())
+        kwargs = nvidia_pickle.Module.init_kwargs
+        monkeypatch.setattr(nvidia_pickle.Module, "init_kwargs", lambda self: {**kwargs(self), "img_resolution": 64})
+        expected = "constructor argument img_resolution=64, but the tensors are for 32"
     elif case == "missing key":
         del g_ema["conv1.noise.weight"]
         src.write_bytes(pw.zip_bytes({"g_ema": pw.state_dict(g_ema), "latent_avg": pw.contiguous("x", latent_avg)}))

@@ -15,6 +15,7 @@ the key table), then one strict mapping checks every key and shape and
 builds the Flax parameters.
 """
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -190,7 +191,8 @@ def is_torch_save(path):
 
 
 def read_rosinality(path):
-    """(NVIDIA-named state dict, where w_avg came from, conv_clamp) of a rosinality checkpoint."""
+    """(NVIDIA-named state dict, where w_avg came from, conv_clamp, constructor kwargs) of a rosinality
+    checkpoint; the last two are always None."""
     obj = pth.load(path, extra_globals={("argparse", "Namespace"): _Namespace})
     if isinstance(obj, dict) and "g_ema" in obj:
         generator, latent_avg = obj["g_ema"], obj.get("latent_avg")
@@ -204,12 +206,12 @@ def read_rosinality(path):
     state_dict = nvidia_names(generator)
     if latent_avg is not None:
         state_dict["mapping.w_avg"] = np.asarray(latent_avg).reshape(-1)
-        return state_dict, "stored latent_avg", None
-    return state_dict, None, None
+        return state_dict, "stored latent_avg", None, None
+    return state_dict, None, None, None
 
 
 def read_nvidia(path):
-    """(state dict, where w_avg came from, conv_clamp) of an NVIDIA network pickle's G_ema."""
+    """(state dict, where w_avg came from, conv_clamp, constructor kwargs) of an NVIDIA network pickle's G_ema."""
     obj = nvidia_pickle.load(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("G_ema"), nvidia_pickle.Module):
         keys = _first_keys(list(obj)) if isinstance(obj, dict) else type(obj).__name__
@@ -236,7 +238,14 @@ def read_nvidia(path):
     lr = kwargs.get("mapping_kwargs", {}).get("lr_multiplier", 0.01)
     if lr != 0.01:
         raise UserError(f"{path}: mapping lr_multiplier {lr} (only 0.01 is supported)")
-    return nvidia_pickle.state_dict(g_ema, path), "stored mapping.w_avg", None if clamp is None else float(clamp)
+    return nvidia_pickle.state_dict(g_ema, path), "stored mapping.w_avg", None if clamp is None else float(clamp), kwargs
+
+
+def check_kwargs(kwargs, **inferred):
+    """Raises ValueError if a constructor argument disagrees with what the tensors' shapes say."""
+    for name, value in inferred.items():
+        if name in kwargs and kwargs[name] != value:
+            raise ValueError(f"constructor argument {name}={kwargs[name]!r}, but the tensors are for {value}")
 
 
 def average_w(model, params):
@@ -259,9 +268,10 @@ def convert(src, dst, truncation_psi=1.0, noise="random"):
     if not os.path.isfile(src):
         raise UserError(f"{src}: no such file")
     fmt = "rosinality" if is_torch_save(src) else "nvidia"
-    state_dict, w_avg_source, clamp = (read_rosinality if fmt == "rosinality" else read_nvidia)(src)
+    state_dict, w_avg_source, clamp, kwargs = (read_rosinality if fmt == "rosinality" else read_nvidia)(src)
     try:
         z_dim, w_dim, mapping_layers, channels = infer_architecture(state_dict)
+        check_kwargs(kwargs or {}, z_dim=z_dim, w_dim=w_dim, img_resolution=4 * 2 ** (len(channels) - 1))
         model = StyleGAN2(z_dim, w_dim, mapping_layers, tuple(channels), clamp,
                           truncation_psi=float(truncation_psi), noise=noise)
         if w_avg_source is None:
@@ -272,8 +282,10 @@ def convert(src, dst, truncation_psi=1.0, noise="random"):
     if w_avg_source is None:
         params["params"]["w_avg"] = average_w(model, params)
         w_avg_source = f"computed: mean w of {AVERAGE_SAMPLES} latents of numpy default_rng({AVERAGE_SEED})"
-    meta = model.meta({"file": os.path.basename(src), "sha256": file_sha256(src), "format": fmt,
-                       "w_avg": w_avg_source})
+    source = {"file": os.path.basename(src), "sha256": file_sha256(src), "format": fmt, "w_avg": w_avg_source}
+    if kwargs is not None:
+        source["init_kwargs"] = json.loads(json.dumps(kwargs, default=str))
+    meta = model.meta(source)
     try:
         save_model(dst, params, meta)
     except OSError as e:
