@@ -343,12 +343,13 @@ class StyleGAN2:
 
     def featuremap_shape(self, layer):
         """(H, W, C) of a layer's output; (C_in,) of a style."""
-        spec = self.specs[self._spec_index(layer)]
+        spec = self.specs[self.layer_index(layer)]
         if layer.endswith(STYLE):
             return (spec.in_channels,)
         return (spec.resolution, spec.resolution, spec.out_channels)
 
-    def _spec_index(self, name):
+    def layer_index(self, name):
+        """The run-order position of a layer or style; ValueError naming the valid ones if unknown."""
         names = [s.name for s in self.specs]
         base = name[:-len(STYLE)] if name.endswith(STYLE) else name
         if base not in names or (base == name and name not in self.layer_names):
@@ -371,13 +372,13 @@ class StyleGAN2:
     def __call__(self, params, z, edits: Mapping[str, Edit] = None, capture=()):
         """The whole generator: returns (image, {name: value for name in capture})."""
         for name in list(capture) + list(edits or {}):
-            self._spec_index(name)
+            self.layer_index(name)
         return self.module.apply(params, z, capture=tuple(capture), edits=edits)
 
     def h(self, params, z, layers, edits: Mapping[str, Edit] = None):
         """Runs up to the deepest of `layers` (featuremaps or styles); returns {name: value}."""
         layers = (layers,) if isinstance(layers, str) else tuple(layers)
-        stop = 1 + max(self._spec_index(name) for name in layers)
+        stop = 1 + max(self.layer_index(name) for name in layers)
         return self.module.apply(params, z, stop=stop, capture=layers, edits=edits)[1]
 
     def f(self, params, r, layer, z, edits: Mapping[str, Edit] = None, capture=()):
