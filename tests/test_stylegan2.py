@@ -23,7 +23,8 @@ from jaxdissect.io import nvidia_pickle, pth
 from jaxdissect.models import stylegan2
 from jaxdissect.models.load import load_generator
 from jaxdissect.models.stylegan2 import StyleGAN2
-from jaxdissect.models.stylegan2_convert import convert, nvidia_names, params_from_state_dict
+from jaxdissect.models.stylegan2_convert import (convert, expected_shapes, infer_architecture, nvidia_names,
+                                                 params_from_state_dict)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "stylegan2")
@@ -189,6 +190,21 @@ def test_converted_folder_records_the_architecture_and_options(tmp_path):
 
 
 # ---------------------------------------------------------------- the converter's inputs and refusals
+
+@pytest.mark.parametrize("config", ["stylegan2_1024", "paper256"])
+def test_released_nvidia_layouts_are_understood(config):
+    """The G_ema key/shape tables of NVIDIA's released configurations map onto the port exactly."""
+    with open(fixture("released_nvidia_configs.json")) as f:
+        spec = json.load(f)[config]
+    shapes = {key: tuple(shape) for key, shape in spec["keys"]}
+    z_dim, w_dim, mapping_layers, channels = infer_architecture(
+        {key: np.broadcast_to(np.float32(0), shape) for key, shape in shapes.items()})
+    assert (z_dim, w_dim, mapping_layers) == (512, 512, spec["G_kwargs"]["mapping_kwargs"]["num_layers"])
+    assert channels == list(spec["channels"].values())
+    model = StyleGAN2(z_dim, w_dim, mapping_layers, tuple(channels))
+    assert model.num_ws == spec["num_ws"] and model.resolution == spec["G_kwargs"]["img_resolution"]
+    assert expected_shapes(model) == {k: v for k, v in shapes.items() if not k.endswith("resample_filter")}
+
 
 def rosinality_arrays():
     checkpoint = pth.load(fixture(SOURCES["rosinality"]))
