@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import zipfile
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -31,6 +32,14 @@ from jaxdissect.models.stylegan2 import StyleGAN2
 
 FIR = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 64  # both codes' filter, before its gain
 AVERAGE_SAMPLES, AVERAGE_SEED = 4096, 0
+
+
+class Checkpoint(NamedTuple):
+    """What a reader found: the NVIDIA-named state dict and what the tensors do not say."""
+    state_dict: dict
+    w_avg_source: Optional[str]   # None: no stored average w, compute it
+    conv_clamp: Optional[float] = None
+    init_kwargs: Optional[dict] = None
 
 
 class _Namespace:
@@ -56,35 +65,48 @@ _CONV_SUFFIX = {"conv.weight": "weight", "conv.modulation.weight": "affine.weigh
                 "conv.blur.kernel": "resample_filter", "bias": "bias", "upsample.kernel": "resample_filter"}
 
 
+def nvidia_name(key):
+    """The NVIDIA name of a rosinality generator key (unknown keys unchanged, for the strict check)."""
+    if m := re.fullmatch(r"style\.(\d+)\.(weight|bias)", key):
+        return f"mapping.fc{int(m.group(1)) - 1}.{m.group(2)}"
+    if key == "input.input":
+        return "synthesis.b4.const"
+    if m := re.fullmatch(r"noises\.noise_(\d+)", key):
+        j = int(m.group(1))
+        return _rosinality_conv_prefix("conv1" if j == 0 else f"convs.{j - 1}") + ".noise_const"
+    if m := _STYLED_CONV.fullmatch(key):
+        return _rosinality_conv_prefix(m.group(1)) + "." + _CONV_SUFFIX[m.group(2)]
+    if m := _TO_RGB.fullmatch(key):
+        block = 4 if m.group(1) == "to_rgb1" else 2 ** (int(m.group(1).split(".")[1]) + 3)
+        return f"synthesis.b{block}.torgb.{_CONV_SUFFIX[m.group(2)]}"
+    return key
+
+
+# rosinality's layout of a tensor -> NVIDIA's: (name suffix, rosinality's extra axes, what to do).
+_RELAYOUT = [(("conv0.weight", "conv1.weight", "torgb.weight"), lambda v: v.ndim == 5 and v.shape[0] == 1,
+              lambda v: v[0]),
+             (("b4.const",), lambda v: v.ndim == 4 and v.shape[0] == 1, lambda v: v[0]),
+             (("noise_const",), lambda v: v.ndim == 4 and v.shape[:2] == (1, 1), lambda v: v[0, 0]),
+             (("noise_strength",), lambda v: v.shape == (1,), lambda v: v.reshape(())),
+             (("torgb.bias",), lambda v: v.ndim == 4 and v.shape[0] == 1 and v.shape[2:] == (1, 1),
+              lambda v: v.reshape(-1)),
+             (("resample_filter",), lambda v: True, lambda v: v / 4)]
+
+
 def nvidia_names(state_dict):
     """A rosinality generator state dict with NVIDIA's key names and shapes.
 
-    Leading 1-axes are dropped (conv weights, the const input, noise maps,
-    the torgb bias), FIR buffers divided by 4 (rosinality stores them with
-    their gain). Unknown keys are kept, for the strict check to report.
+    Leading 1-axes are dropped (conv weights, the const input, noise maps and
+    strengths, the torgb bias), FIR buffers divided by 4 (rosinality stores
+    them with their gain). Unknown keys and unexpected shapes are kept, for
+    the strict check to report.
     """
     out = {}
     for key, value in state_dict.items():
-        if m := re.fullmatch(r"style\.(\d+)\.(weight|bias)", key):
-            name = f"mapping.fc{int(m.group(1)) - 1}.{m.group(2)}"
-        elif key == "input.input":
-            name, value = "synthesis.b4.const", value[0]
-        elif m := re.fullmatch(r"noises\.noise_(\d+)", key):
-            j = int(m.group(1))
-            name, value = _rosinality_conv_prefix("conv1" if j == 0 else f"convs.{j - 1}") + ".noise_const", value[0, 0]
-        elif m := _STYLED_CONV.fullmatch(key):
-            name = _rosinality_conv_prefix(m.group(1)) + "." + _CONV_SUFFIX[m.group(2)]
-        elif m := _TO_RGB.fullmatch(key):
-            block = 4 if m.group(1) == "to_rgb1" else 2 ** (int(m.group(1).split(".")[1]) + 3)
-            name = f"synthesis.b{block}.torgb.{_CONV_SUFFIX[m.group(2)]}"
-        else:
-            name = key
-        if name.endswith(("conv0.weight", "conv1.weight", "torgb.weight")) and value.ndim == 5:
-            value = value[0]
-        elif name.endswith("torgb.bias") or name.endswith("noise_strength"):
-            value = value.reshape(value.shape[1:2] if name.endswith("bias") else ())
-        elif name.endswith("resample_filter"):
-            value = value / 4
+        name = nvidia_name(key)
+        for suffixes, applies, relayout in _RELAYOUT:
+            if name.endswith(suffixes) and applies(value):
+                value = relayout(value)
         out[name] = value
     return out
 
@@ -191,8 +213,7 @@ def is_torch_save(path):
 
 
 def read_rosinality(path):
-    """(NVIDIA-named state dict, where w_avg came from, conv_clamp, constructor kwargs) of a rosinality
-    checkpoint; the last two are always None."""
+    """The `Checkpoint` of a rosinality .pt (no clamp, no constructor arguments)."""
     obj = pth.load(path, extra_globals={("argparse", "Namespace"): _Namespace})
     if isinstance(obj, dict) and "g_ema" in obj:
         generator, latent_avg = obj["g_ema"], obj.get("latent_avg")
@@ -206,12 +227,12 @@ def read_rosinality(path):
     state_dict = nvidia_names(generator)
     if latent_avg is not None:
         state_dict["mapping.w_avg"] = np.asarray(latent_avg).reshape(-1)
-        return state_dict, "stored latent_avg", None, None
-    return state_dict, None, None, None
+        return Checkpoint(state_dict, "stored latent_avg")
+    return Checkpoint(state_dict, None)
 
 
 def read_nvidia(path):
-    """(state dict, where w_avg came from, conv_clamp, constructor kwargs) of an NVIDIA network pickle's G_ema."""
+    """The `Checkpoint` of an NVIDIA network pickle's G_ema."""
     obj = nvidia_pickle.load(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("G_ema"), nvidia_pickle.Module):
         keys = _first_keys(list(obj)) if isinstance(obj, dict) else type(obj).__name__
@@ -238,7 +259,8 @@ def read_nvidia(path):
     lr = kwargs.get("mapping_kwargs", {}).get("lr_multiplier", 0.01)
     if lr != 0.01:
         raise UserError(f"{path}: mapping lr_multiplier {lr} (only 0.01 is supported)")
-    return nvidia_pickle.state_dict(g_ema, path), "stored mapping.w_avg", None if clamp is None else float(clamp), kwargs
+    return Checkpoint(nvidia_pickle.state_dict(g_ema, path), "stored mapping.w_avg",
+                      None if clamp is None else float(clamp), kwargs)
 
 
 def check_kwargs(kwargs, **inferred):
