@@ -214,8 +214,10 @@ def rosinality_arrays():
     return checkpoint["g_ema"], checkpoint["latent_avg"]
 
 
-def test_rosinality_training_checkpoint_with_namespace(converted, tmp_path):
-    """train.py's checkpoints hold an argparse.Namespace, which torch's safe loader refuses; G is not used."""
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_rosinality_training_checkpoint_with_namespace(converted, tmp_path, layout):
+    """train.py's checkpoints hold an argparse.Namespace, which torch's safe loader refuses; G is not used.
+    Both torch.save layouts (zip, and the legacy one of torch < 1.6) are read."""
     g_ema, _ = rosinality_arrays()
     noisy_g = {k: v + np.float32(0.01) for k, v in g_ema.items()}
     args = pw.Build(pw.NewObject(pw.Global("argparse", "Namespace")), {"size": 32, "n_mlp": 2, "iter": 10})
@@ -223,7 +225,7 @@ def test_rosinality_training_checkpoint_with_namespace(converted, tmp_path):
     obj = {"g": g, "d": pw.OrderedDict({}), "g_ema": pw.state_dict(g_ema),
            "args": args, "ada_aug_p": 0.0}
     src = tmp_path / "000010.pt"
-    src.write_bytes(pw.zip_bytes(obj))
+    src.write_bytes(pw.zip_bytes(obj) if layout == "zip" else pw.legacy_bytes(obj))
     meta = convert(str(src), str(tmp_path / "g"), noise="const")
     assert meta["source"]["w_avg"].startswith("computed: mean w of 4096 latents")
     model, params = load_generator(str(tmp_path / "g"))
