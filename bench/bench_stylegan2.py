@@ -45,7 +45,8 @@ def zero_tap_flops(jaxpr):
     (the stride-2 transposed convs): of their traced FLOPs only 1 / (dilation product) are real taps."""
     total = 0
     for eqn in jaxpr.eqns:
-        dilation = math.prod(eqn.params.get("lhs_dilation") or (1,)) if eqn.primitive.name == "conv_general_dilated" else 1
+        is_conv = eqn.primitive.name == "conv_general_dilated"
+        dilation = math.prod(eqn.params["lhs_dilation"] or (1,)) if is_conv else 1
         if dilation > 1:
             total += traced_flops(jax.extend.core.Jaxpr([], eqn.invars, eqn.outvars, [eqn])) * (1 - 1 / dilation)
         for sub in _subjaxprs(eqn):

@@ -333,7 +333,8 @@ def test_other_files_are_refused_in_one_line(tmp_path, monkeypatch, case):
         expected = "no 'g_ema' generator in this checkpoint (it holds keys 'layer1.conv.weight')"
     else:
         src.write_bytes(pickle.dumps(0)[:2] + b"cdnnlib.tflib.network\nNetwork\n)\x81.")
-        expected = "a TensorFlow StyleGAN/StyleGAN2 pickle; convert it to PyTorch with stylegan2-ada-pytorch's legacy.py first"
+        expected = ("a TensorFlow StyleGAN/StyleGAN2 pickle; convert it to PyTorch with "
+                    "stylegan2-ada-pytorch's legacy.py first")
     with pytest.raises(UserError) as e:
         convert(str(src), str(tmp_path / "g"))
     assert str(e.value) == f"{src}: {expected}"

@@ -39,6 +39,7 @@ class Checkpoint(NamedTuple):
     state_dict: dict
     w_avg_source: Optional[str]   # None: no stored average w, compute it
     conv_clamp: Optional[float] = None
+    mapping_lr: float = 0.01
     init_kwargs: Optional[dict] = None
 
 
@@ -256,11 +257,9 @@ def read_nvidia(path):
     if len(clamps) > 1:
         raise UserError(f"{path}: layers with different conv_clamp values {sorted(map(str, clamps))}")
     clamp = clamps.pop() if clamps else None
-    lr = kwargs.get("mapping_kwargs", {}).get("lr_multiplier", 0.01)
-    if lr != 0.01:
-        raise UserError(f"{path}: mapping lr_multiplier {lr} (only 0.01 is supported)")
+    lr = float(kwargs.get("mapping_kwargs", {}).get("lr_multiplier", 0.01))
     return Checkpoint(nvidia_pickle.state_dict(g_ema, path), "stored mapping.w_avg",
-                      None if clamp is None else float(clamp), kwargs)
+                      None if clamp is None else float(clamp), lr, kwargs)
 
 
 def check_kwargs(kwargs, **inferred):
@@ -290,11 +289,12 @@ def convert(src, dst, truncation_psi=1.0, noise="random"):
     if not os.path.isfile(src):
         raise UserError(f"{src}: no such file")
     fmt = "rosinality" if is_torch_save(src) else "nvidia"
-    state_dict, w_avg_source, clamp, kwargs = (read_rosinality if fmt == "rosinality" else read_nvidia)(src)
+    read = read_rosinality if fmt == "rosinality" else read_nvidia
+    state_dict, w_avg_source, clamp, mapping_lr, kwargs = read(src)
     try:
         z_dim, w_dim, mapping_layers, channels = infer_architecture(state_dict)
         check_kwargs(kwargs or {}, z_dim=z_dim, w_dim=w_dim, img_resolution=4 * 2 ** (len(channels) - 1))
-        model = StyleGAN2(z_dim, w_dim, mapping_layers, tuple(channels), clamp,
+        model = StyleGAN2(z_dim, w_dim, mapping_layers, tuple(channels), clamp, mapping_lr,
                           truncation_psi=float(truncation_psi), noise=noise)
         if w_avg_source is None:
             state_dict["mapping.w_avg"] = np.zeros((w_dim,), np.float32)
