@@ -251,6 +251,7 @@ class StyleGAN2Module(nn.Module):
             cut = cfg.num_ws if cfg.truncation_cutoff is None else cfg.truncation_cutoff
             ws = ws.at[:, :cut].set(w_avg + cfg.truncation_psi * (ws[:, :cut] - w_avg))
         noise = random_noise(noise_keys(z), cfg.specs, cfg.dtype) if cfg.noise == "random" else {}
+
         def run(name, value):
             value = edits[name](value) if name in edits else value
             if name in capture:
