@@ -21,6 +21,7 @@ paths are plain PyTorch).
 """
 import argparse
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -106,6 +107,8 @@ def main():
         print(rate_line(f"forward, noise={noise}", args.batch, time_calls(generate, (params, z), args.reps),
                         flops, peak, unit="images") + f"  (first call {compile_s:.1f} s)")
     if args.rosinality_src:
+        if importlib.util.find_spec("torch") is None:
+            sys.exit("--rosinality_src needs torch (pip install torch) to run the original code")
         compare(args, generate_const(model, params), rosinality_generator(args.rosinality_src, weights, latent_avg), z)
 
 
