@@ -87,6 +87,8 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rosinality_src", help="a clone of rosinality/stylegan2-pytorch (needs torch)")
     args = parser.parse_args()
+    if args.rosinality_src and importlib.util.find_spec("torch") is None:
+        sys.exit("--rosinality_src needs torch (pip install torch) to run the original code")
     print(machine_line())
     weights = seeded_stylegan2.full_state_dict()
     latent_avg = np.random.default_rng(7).standard_normal(512).astype(np.float32) * 0.1
@@ -107,8 +109,6 @@ def main():
         print(rate_line(f"forward, noise={noise}", args.batch, time_calls(generate, (params, z), args.reps),
                         flops, peak, unit="images") + f"  (first call {compile_s:.1f} s)")
     if args.rosinality_src:
-        if importlib.util.find_spec("torch") is None:
-            sys.exit("--rosinality_src needs torch (pip install torch) to run the original code")
         compare(args, generate_const(model, params), rosinality_generator(args.rosinality_src, weights, latent_avg), z)
 
 
