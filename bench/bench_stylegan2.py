@@ -89,6 +89,8 @@ def main():
     args = parser.parse_args()
     if args.rosinality_src and importlib.util.find_spec("torch") is None:
         sys.exit("--rosinality_src needs torch (pip install torch) to run the original code")
+    if args.rosinality_src and not os.path.isfile(os.path.join(args.rosinality_src, "model.py")):
+        sys.exit(f"--rosinality_src={args.rosinality_src}: no model.py there (a clone of rosinality/stylegan2-pytorch)")
     print(machine_line())
     weights = seeded_stylegan2.full_state_dict()
     latent_avg = np.random.default_rng(7).standard_normal(512).astype(np.float32) * 0.1
