@@ -142,7 +142,8 @@ def noise_keys(z):
     bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(z).astype(jnp.float32), jnp.uint32)
     position = jnp.arange(bits.shape[-1], dtype=jnp.uint32)
     mix = lambda odd: jnp.sum(bits * (2 * position + 1) * jnp.uint32(odd), axis=-1, dtype=jnp.uint32)
-    return jax.vmap(jax.random.wrap_key_data)(jnp.stack([mix(0x9E3779B1), mix(0x85EBCA77)], axis=-1))
+    data = jnp.stack([mix(0x9E3779B1), mix(0x85EBCA77)], axis=-1)
+    return jax.vmap(lambda d: jax.random.wrap_key_data(d, impl="threefry2x32"))(data)
 
 
 def random_noise(keys, specs, dtype):
