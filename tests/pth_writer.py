@@ -33,6 +33,13 @@ class Call:
 
 
 @dataclasses.dataclass
+class NewObject:
+    """`cls.__new__(cls, *args)`, pickled as NEWOBJ (how instances such as argparse.Namespace are saved)."""
+    cls: Global
+    args: tuple = ()
+
+
+@dataclasses.dataclass
 class PersistentId:
     value: tuple
 
@@ -121,6 +128,10 @@ def _emit(obj, out, legacy):
         emit(obj.function)
         emit(tuple(obj.args))
         out.write(b"R")
+    elif isinstance(obj, NewObject):
+        emit(obj.cls)
+        emit(tuple(obj.args))
+        out.write(b"\x81")
     elif isinstance(obj, PersistentId):
         emit(obj.value)
         out.write(b"Q")

@@ -111,16 +111,17 @@ class _ForbiddenGlobal(Exception):
 
 
 class _Unpickler(pickle.Unpickler):
-    """Knows only ALLOWED_GLOBALS; collects the storages the pickle names."""
+    """Knows only the globals in `allowed`; collects the storages the pickle names."""
 
-    def __init__(self, file, allow_storages=False):
+    def __init__(self, file, allow_storages=False, allowed=ALLOWED_GLOBALS):
         super().__init__(file)
         self.allow_storages = allow_storages
+        self.allowed = allowed
         self.storages = {}
 
     def find_class(self, module, name):
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
             raise _ForbiddenGlobal(f"{module}.{name}") from None
 
@@ -143,9 +144,9 @@ class _Unpickler(pickle.Unpickler):
         return storage
 
 
-def _unpickle(file, path, what, allow_storages=False):
+def _unpickle(file, path, what, allow_storages=False, allowed=ALLOWED_GLOBALS):
     """Reads one pickle from `file`; returns (object, storages it names)."""
-    unpickler = _Unpickler(file, allow_storages)
+    unpickler = _Unpickler(file, allow_storages, allowed)
     try:
         return unpickler.load(), unpickler.storages
     except _ForbiddenGlobal as e:
@@ -168,7 +169,7 @@ def _fill_storage(storage, raw, path, byteorder="<"):
     storage.data = data.astype(storage.dtype)
 
 
-def _read_zip(path):
+def _read_zip(path, allowed):
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -195,14 +196,14 @@ def _read_zip(path):
             if byteorder is None:
                 raise UserError(f"{path}: unknown byte order in {prefix}byteorder")
         obj, storages = _unpickle(io.BytesIO(read(pickles[0], "")), path, "data.pkl",
-                                  allow_storages=True)
+                                  allow_storages=True, allowed=allowed)
         for key, storage in storages.items():
             _fill_storage(storage, read(f"{prefix}data/{key}", f"the data of storage {key}"),
                           path, byteorder)
     return obj
 
 
-def _read_legacy(path, file):
+def _read_legacy(path, file, allowed=ALLOWED_GLOBALS):
     magic, _ = _unpickle(file, path, "legacy torch header (the file is not a zip archive)")
     if magic != LEGACY_MAGIC:
         raise UserError(f"{path}: not a PyTorch checkpoint (no zip archive, wrong magic number)")
@@ -213,7 +214,7 @@ def _read_legacy(path, file):
     if not isinstance(sys_info, dict):
         raise UserError(f"{path}: corrupt header (sys-info is not a dict)")
     byteorder = "<" if sys_info.get("little_endian", True) else ">"
-    obj, storages = _unpickle(file, path, "object pickle", allow_storages=True)
+    obj, storages = _unpickle(file, path, "object pickle", allow_storages=True, allowed=allowed)
     keys, _ = _unpickle(file, path, "storage key list")
     if not isinstance(keys, list):
         raise UserError(f"{path}: corrupt storage key list")
@@ -255,25 +256,40 @@ def _to_array(tensor, path):
     return np.array(view, order="C")
 
 
-def _materialize(obj, path):
+def unpickle(file, path, what, allowed):
+    """One pickle from `file`, resolving only the globals in `allowed` ({(module, name): stand-in});
+    any other global is refused with a UserError naming it."""
+    return _unpickle(file, path, what, allowed=allowed)[0]
+
+
+def storage_from_bytes(data, path):
+    """The storage in `data`, a legacy torch.save of one storage (as pickles of torch modules
+    embed them, see torch.storage._load_from_bytes); its tensors become arrays in `materialize`."""
+    return _read_legacy(path, io.BytesIO(data))
+
+
+def materialize(obj, path):
     """Replaces every tensor (or bare storage) in dicts, lists and tuples by a numpy array."""
     if isinstance(obj, _Tensor):
         return _to_array(obj, path)
     if isinstance(obj, _Storage):
         return obj.data.copy()
     if isinstance(obj, dict):
-        return {key: _materialize(value, path) for key, value in obj.items()}
+        return {key: materialize(value, path) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(value, path) for value in obj)
+        return type(obj)(materialize(value, path) for value in obj)
     return obj
 
 
-def load(path):
+def load(path, extra_globals=None):
     """Reads a `.pth` file; returns its object with every tensor as a numpy array.
 
     Dicts (including OrderedDicts) come back as plain dicts in file order.
-    Raises UserError on anything unreadable or not a plain tensor checkpoint.
+    `extra_globals` ({(module, name): stand-in}) allows more globals than
+    tensors need. Raises UserError on anything unreadable or not a plain
+    tensor checkpoint.
     """
+    allowed = {**ALLOWED_GLOBALS, **(extra_globals or {})}
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
@@ -283,15 +299,15 @@ def load(path):
         head = file.read(4)
         is_zip = zipfile.is_zipfile(file)
         if is_zip:
-            obj = _read_zip(path)
+            obj = _read_zip(path, allowed)
         elif head == b"PK\x03\x04":
             raise UserError(f"{path}: truncated or corrupt zip archive")
         else:
             # Reads from a memory map never allocate more than the file holds,
             # whatever lengths a corrupt pickle claims.
             with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                obj = _read_legacy(path, mapped)
-    return _materialize(obj, path)
+                obj = _read_legacy(path, mapped, allowed)
+    return materialize(obj, path)
 
 
 def load_state_dict(path):
