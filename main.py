@@ -24,17 +24,31 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every step at INFO; --verbosity=0 shows it
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        print(f"error: unexpected arguments: {' '.join(argv[1:])} (flags are --name=value; see --help)",
+              file=sys.stderr)
+        return 2
     if FLAGS.mode not in cli.MODES:
         print(f"error: unknown --mode={FLAGS.mode}; valid modes:\n{mode_list()}", file=sys.stderr)
         return 2
     try:
+        common.validate_flags()
         common.init_distributed()
         cli.MODES[FLAGS.mode][1]()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file-system failure no mode foresaw (e.g. a full disk): the path and the reason
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def os_error_line(error):
+    """'PATH: reason' for an OSError (both paths for a failed rename), else its text on one line."""
+    paths = [p for p in (error.filename, error.filename2) if p is not None]
+    if paths and error.strerror:
+        return f"{' -> '.join(map(str, paths))}: {error.strerror}"
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

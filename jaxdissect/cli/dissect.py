@@ -17,6 +17,7 @@ from absl import flags
 from jaxdissect.cli import register
 from jaxdissect.cli.common import FLAGS, require, write_run_record
 from jaxdissect.errors import UserError
+from jaxdissect.io.files import check_writable_folder
 
 flags.DEFINE_list("layers", ["layer4"], "dissect: generator layers to dissect (one pass serves them all).")
 flags.DEFINE_integer("samples", 10000, "dissect: number of generated samples.")
@@ -101,6 +102,7 @@ def run_info():
 def run_dissect():
     from jaxdissect.dissection import pipeline
     require("generator", "segmenter", "outdir")
+    check_writable_folder(FLAGS.outdir, "outdir")
     settings = settings_from_flags()
     generator, g_params = load_generator_flag()
     check_layers(generator, settings.layers)
@@ -121,6 +123,7 @@ def run_dissect():
 def run_report():
     from jaxdissect.dissection import pipeline, results
     require("outdir")
+    check_writable_folder(FLAGS.outdir, "outdir")
     settings_from_flags()  # validates the read-out flags
     for name in ("generator", "segmenter"):
         if not FLAGS[name].present:
