@@ -1,6 +1,6 @@
-"""main.py's outputs and refusals on the shipped toy models: generate -> segment, one-line errors for bad
-flags and file-system failures (missing, not a folder, read-only, full), nothing left half-written, no
-silent overwrites."""
+"""main.py's refusals on the shipped toy models: one-line errors for bad flags and inputs and for
+file-system failures (missing, not a folder, read-only, full), nothing left half-written, no silent
+overwrites. (generate -> segment on the toy models: tests/test_readme.py, which runs the README's.)"""
 import contextlib
 import os
 import re
@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from cli_helpers import REPO, assert_one_line_error, run_main
-from jaxdissect.toyworld import fidelity
 
 TOY = os.path.join(REPO, "weights", "toy")
 PROGRESS = re.compile(r".* \[[# ]+\] \d+/\d+ ")
@@ -38,9 +37,8 @@ def assert_refused(args, fragments, folder):
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory):
     folder = tmp_path_factory.mktemp("latents")
-    z = np.random.default_rng(0).standard_normal((512, 128)).astype(np.float32)
-    np.save(folder / "z.npy", z)
-    np.save(folder / "z64.npy", z[:64])
+    z = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
+    np.save(folder / "z64.npy", z)
     z[1, 5] = np.nan
     np.save(folder / "nan.npy", z[:4])
     return folder
@@ -73,25 +71,6 @@ def read_only_folder(path):
             yield path
         finally:
             os.chmod(path, 0o755)
-
-
-def test_generate_then_segment_finds_doors_on_buildings(latents, tmp_path):
-    out, seg = tmp_path / "g.npz", tmp_path / "s.npz"
-    done = run_main("--mode=generate", GENERATOR, f"--z={latents / 'z.npy'}", f"--out={out}", "--batch_size=64")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "generate [" in done.stderr and "512/512 images" in done.stderr and "/s" in done.stderr
-    with np.load(out) as g:
-        assert g["image"].min() < -1 or g["image"].max() > 1   # the toy generator has no tanh
-    done = run_main("--mode=segment", SEGMENTER, f"--images={out}", f"--out={seg}", "--batch_size=64")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "segment [" in done.stderr and "512/512 images" in done.stderr
-    assert listing(tmp_path) == ["g.npz", "s.npz"]      # the class names are inside s.npz, not beside it
-    with np.load(seg) as s:
-        names = list(s["names"])
-        assert list(s["categories"])[names.index("door")] == "part"
-        on_building, doors = fidelity.door_context(s["segmentation"][:, 0], names.index("door"),
-                                                   names.index("building"))
-    assert doors > 1000 and on_building / doors >= 0.9, (on_building, doors)
 
 
 def test_bad_flags_and_inputs_are_one_line(latents, tmp_path):
