@@ -113,6 +113,7 @@ def test_read_only_and_full_file_systems_are_one_line_and_leave_nothing(latents,
                        [f"--out={ro}/g.npz: cannot write in {ro}"], tmp_path)
         assert_refused(["--mode=dissect", "--flagfile=configs/toy.cfg", f"--outdir={ro}/run"],
                        [f"--outdir={ro}/run: cannot write in {ro}"], tmp_path)
+        assert_refused(["--mode=report", f"--outdir={ro}"], [f"--outdir={ro}: cannot write in {ro}"], tmp_path)
     with tmpfs(tmp_path / "full", "size=128k") as full:
         assert_refused(["--mode=generate", GENERATOR, z, f"--out={full}/g.npz", f"--png_dir={full}/png"],
                        [f"{full}/png: No space left on device"], tmp_path)
