@@ -28,7 +28,8 @@ def main(argv):
               file=sys.stderr)
         return 2
     if FLAGS.mode not in cli.MODES:
-        print(f"error: unknown --mode={FLAGS.mode}; valid modes:\n{mode_list()}", file=sys.stderr)
+        problem = "--mode is required" if FLAGS.mode is None else f"unknown --mode={FLAGS.mode}"
+        print(f"error: {problem}; modes: {', '.join(sorted(cli.MODES))} (see --help)", file=sys.stderr)
         return 2
     try:
         common.validate_flags()

@@ -79,6 +79,7 @@ def test_bad_flags_and_inputs_are_one_line(latents, tmp_path):
     np.save(tmp_path / "inf.npy", np.full((1, 3, 8, 8), np.inf, np.float32))
     z = f"--z={latents / 'z64.npy'}"
     cases = [
+        (["--mode=dance"], ["unknown --mode=dance; modes: ablate, ace, artifacts, dissect, generate"]),
         (["--mode=dissect", "--flagfile=configs/toy.cfg", f"--outdir={tmp_path}/run", "--layers="],
          ["--layers is empty"]),
         (["--mode=dissect", "--flagfile=configs/toy.cfg", f"--outdir={tmp_path}/run", "--min_iou=nan"],
