@@ -52,6 +52,15 @@ def os_error_line(error):
     return " ".join(str(error).split())
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag (unknown, or a value of the wrong type) as one line and exit 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     sys.modules["__main__"].__doc__ = __doc__ + "\nModes:\n" + mode_list()
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

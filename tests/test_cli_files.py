@@ -80,6 +80,8 @@ def test_bad_flags_and_inputs_are_one_line(latents, tmp_path):
     z = f"--z={latents / 'z64.npy'}"
     cases = [
         (["--mode=dance"], ["unknown --mode=dance; modes: ablate, ace, artifacts, dissect, generate"]),
+        (["--mode=dissect", "--samples=many"], ["flag --samples=many: invalid literal for int()"]),
+        (["--mode=dissect", "--sample=10"], ["Unknown command line flag 'sample'"]),
         (["--mode=dissect", "--flagfile=configs/toy.cfg", f"--outdir={tmp_path}/run", "--layers="],
          ["--layers is empty"]),
         (["--mode=dissect", "--flagfile=configs/toy.cfg", f"--outdir={tmp_path}/run", "--min_iou=nan"],
