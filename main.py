@@ -24,19 +24,43 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every step at INFO; --verbosity=0 shows it
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        print(f"error: unexpected arguments: {' '.join(argv[1:])} (flags are --name=value; see --help)",
+              file=sys.stderr)
+        return 2
     if FLAGS.mode not in cli.MODES:
-        print(f"error: unknown --mode={FLAGS.mode}; valid modes:\n{mode_list()}", file=sys.stderr)
+        problem = "--mode is required" if FLAGS.mode is None else f"unknown --mode={FLAGS.mode}"
+        print(f"error: {problem}; modes: {', '.join(sorted(cli.MODES))} (see --help)", file=sys.stderr)
         return 2
     try:
+        common.validate_flags()
         common.init_distributed()
         cli.MODES[FLAGS.mode][1]()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file-system failure no mode foresaw (e.g. a full disk): the path and the reason
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def os_error_line(error):
+    """'PATH: reason' for an OSError (both paths for a failed rename), else its text on one line."""
+    paths = [p for p in (error.filename, error.filename2) if p is not None]
+    if paths and error.strerror:
+        return f"{' -> '.join(map(str, paths))}: {error.strerror}"
+    return " ".join(str(error).split())
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag (unknown, or a value of the wrong type) as one line and exit 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
     sys.modules["__main__"].__doc__ = __doc__ + "\nModes:\n" + mode_list()
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

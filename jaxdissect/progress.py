@@ -9,7 +9,8 @@ class Progress:
     """Prints `label [####    ] done/total unit, rate, eta`, at most every `interval` seconds.
 
     The rate counts from the first update, so a first step that also
-    compiles does not make the eta of the rest look long.
+    compiles does not make the eta of the rest look long. A pass resumed at
+    `start` says so first.
     """
 
     def __init__(self, label, total, unit="samples", start=0, interval=1.0, stream=None):
@@ -20,6 +21,8 @@ class Progress:
         self.started = self.last_print = time.time()
         self.first = None          # (count, time) at the first update
         self.enabled = jax.process_index() == 0
+        if start and self.enabled:
+            self.stream.write(f"{label}: resuming at {unit.rstrip('s')} {start} of {total}\n")
 
     def update(self, done):
         self.done = done

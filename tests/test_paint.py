@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
 import urllib.request
 
 import jax
@@ -26,6 +28,7 @@ from jaxdissect.checkpoint import save_model
 from jaxdissect.errors import UserError
 from jaxdissect.models.proggan import ProGAN
 from jaxdissect.paint.concepts import Concept, check_against, load_concepts
+from jaxdissect.paint.guard import HostGuard, allowed_hosts
 from jaxdissect.paint.masks import decode_mask, encode_mask, packed_length
 from jaxdissect.paint.painter import Stroke
 from jaxdissect.paint.server import create_app
@@ -408,9 +411,13 @@ def paint_server(dissection, *flags):
         process.wait(timeout=20)
 
 
+HEADER_TIMEOUT, MAX_CONNECTIONS = 1.0, 4
+
+
 @pytest.fixture(scope="module")
 def server(painted_dissection):
-    with paint_server(painted_dissection, "--paint_units=4") as url:
+    with paint_server(painted_dissection, "--paint_units=4", f"--header_timeout={HEADER_TIMEOUT}",
+                      f"--max_connections={MAX_CONNECTIONS}") as url:
         yield url
 
 
@@ -427,6 +434,53 @@ def test_paint_mode_serves_the_dissections_concepts(server, painted_dissection):
     assert get_json(server + "/api/info")["seed"] == SEED   # recorded by the dissection
 
 
+def status(url, host=None):
+    """The HTTP status of GET `url` (with Host header `host` if given)."""
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_host_guard_answers_only_names_of_the_bound_address(client):
+    guarded = TestClient(HostGuard(client.app, allowed_hosts("127.0.0.1")), base_url="http://127.0.0.1:8000")
+    for host in ("127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000"):
+        assert guarded.get("/api/info", headers={"Host": host}).status_code == 200, host
+    for host in ("evil.example", "127.0.0.1.evil.example:8000", "localhost.evil.example", "[::2]:8000", ""):
+        answer = guarded.get("/api/info", headers={"Host": host})
+        assert answer.status_code == 403 and "does not name this server" in answer.json()["detail"], host
+    assert allowed_hosts("0.0.0.0") == ("127.0.0.1", "localhost", "[::1]", "0.0.0.0")
+    assert allowed_hosts("::") == ("127.0.0.1", "localhost", "[::1]", "[::]")
+
+
+def test_paint_server_refuses_foreign_hosts_and_drops_idle_connections(server):
+    assert status(server + "/api/info") == 200
+    assert status(server + "/api/info", host="rebound.example") == 403
+    port = int(server.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.3)
+        assert status(server + "/api/info") == 503            # the cap holds ...
+        time.sleep(HEADER_TIMEOUT + 1.0)
+        for connection in idle:                                # ... until the header deadline closes them
+            connection.settimeout(5)
+            assert connection.recv(1) == b""
+        assert status(server + "/api/info") == 200
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_paint_mode_warns_when_bound_beyond_loopback(tmp_path):
+    result = run_main("--mode=paint", f"--dissection={tmp_path}", "--host=0.0.0.0", "--port=0")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 2, result.stderr
+    assert lines[0].startswith("warning: --host=0.0.0.0 accepts connections from other machines")
+    assert lines[1].startswith("error: ") and "no dissect.json" in lines[1]
+
+
 def test_paint_mode_refusals_are_one_line(tmp_path, painted_dissection):
     taken = socket.create_server(("127.0.0.1", 0))
     port = taken.getsockname()[1]
@@ -440,6 +494,7 @@ def test_paint_mode_refusals_are_one_line(tmp_path, painted_dissection):
         result = run_main("--mode=paint", *args)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert fragment in result.stderr.strip().splitlines()[-1]
+        assert "warning" not in result.stderr          # 127.0.0.1, the default --host
     taken.close()
 
 

@@ -19,3 +19,53 @@ def test_rate_and_eta_leave_out_the_time_before_the_first_update(monkeypatch):
     clock["now"] = 169.0
     bar.update(100)
     assert out.getvalue().endswith("100/100 samples 10.0/s 69s  \n")
+
+
+def test_a_resumed_pass_says_where_it_resumes():
+    out = io.StringIO()
+    progress.Progress("dissection", 1000, start=640, stream=out)
+    assert out.getvalue() == "dissection: resuming at sample 640 of 1000\n"
+    fresh = io.StringIO()
+    progress.Progress("dissection", 1000, stream=fresh)
+    assert fresh.getvalue() == ""
+
+
+def test_training_log_gives_rate_and_eta_once_it_can(monkeypatch, tmp_path, capsys):
+    from jaxdissect.training import loop
+    clock = {"now": 50.0}
+    monkeypatch.setattr(loop.time, "time", lambda: clock["now"])
+    log = loop.MetricLog(str(tmp_path), total_steps=1100, name="gan")
+    log.log(100, {"loss": 1.0}, items_per_step=32)          # the first log (after compiling): no rate yet
+    clock["now"] = 60.0
+    log.log(200, {"loss": 0.5}, items_per_step=32)          # 100 steps in 10 s: 320 items/s, 900 steps left
+    first, second = capsys.readouterr().err.splitlines()
+    assert first == "[gan] step 100/1100 (rate and eta from the next log) loss=1", first
+    assert second == "[gan] step 200/1100 320.0 items/s eta 1.5 min loss=0.5", second
+
+
+def test_a_resumed_dissection_says_so(tmp_path, monkeypatch, capsys):
+    import planted
+    from jaxdissect.dissection import engine
+    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+    settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, checkpoint_every=2, bins=16,
+                                      top_k=2)
+    real_step_fn = engine._main_step_fn
+
+    def dying_step_fn(*args):
+        fold, calls = real_step_fn(*args), []
+
+        def counting_fold(*fold_args):
+            calls.append(1)
+            if len(calls) == 3:        # the main pass's 3rd batch, after a checkpoint at the 2nd
+                raise KeyboardInterrupt
+            return fold(*fold_args)
+        return counting_fold
+    monkeypatch.setattr(engine, "_main_step_fn", dying_step_fn)
+    try:
+        engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path))
+    except KeyboardInterrupt:
+        pass
+    assert "resuming" not in capsys.readouterr().err
+    monkeypatch.setattr(engine, "_main_step_fn", real_step_fn)
+    engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path))
+    assert "dissection (units x classes): resuming at sample 32 of 100\n" in capsys.readouterr().err

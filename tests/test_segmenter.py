@@ -399,15 +399,21 @@ def test_read_images(tmp_path):
     images = np.random.default_rng(4).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
     np.save(tmp_path / "good.npy", images)
     np.testing.assert_array_equal(read_images(str(tmp_path / "good.npy")), images)
+    # Any finite float images, as the original segmenter takes them (a generator without tanh overshoots).
+    np.save(tmp_path / "f64.npy", images.astype(np.float64) * 3)
+    assert read_images(str(tmp_path / "f64.npy")).dtype == np.float32
+    np.testing.assert_array_equal(read_images(str(tmp_path / "f64.npy")), images * 3)
+    np.savez(tmp_path / "generated.npz", image=images, layer4=images[:, :1])
+    np.testing.assert_array_equal(read_images(str(tmp_path / "generated.npz")), images)
     np.save(tmp_path / "nhwc.npy", np.transpose(images, (0, 2, 3, 1)))
-    np.save(tmp_path / "f64.npy", images.astype(np.float64))
-    np.save(tmp_path / "pixels.npy", (images + 1) * 127.5)
+    np.save(tmp_path / "ints.npy", (images * 127).astype(np.int8))
     np.save(tmp_path / "nan.npy", np.where(images > 0.9, np.nan, images))
     np.savez(tmp_path / "several.npz", a=images)
     (tmp_path / "text.npy").write_text("not numpy")
-    cases = {"nhwc.npy": "shape (2, 8, 8, 3), expected (N, 3, H, W)", "f64.npy": "dtype float64",
-             "pixels.npy": "expected [-1, 1]", "nan.npy": "values span [nan",
-             "several.npz": "several arrays", "text.npy": "not a .npy"}
+    (tmp_path / "text.npz").write_text("not numpy")
+    cases = {"nhwc.npy": "shape (2, 8, 8, 3), expected (N, 3, H, W)", "ints.npy": "dtype int8",
+             "nan.npy": "holds nan (every value must be finite)", "several.npz": "no 'image' array",
+             "text.npy": "not a .npy", "text.npz": "not an .npz"}
     for name, fragment in cases.items():
         with pytest.raises(UserError) as e:
             read_images(str(tmp_path / name))
@@ -450,16 +456,15 @@ def test_command_line_on_two_devices(tiny_upp_dir, fixtures, tmp_path):
     done = run_main(f"--segmenter={tiny_upp_dir}", f"--images={tmp_path / 'images.npy'}",
                     f"--out={out}", "--segdiv=quad", "--downsample=2", "--batch_size=3", devices=2)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(os.listdir(out.parent)) == ["labels.json", "seg.npz"]
+    assert sorted(os.listdir(out.parent)) == ["seg.npz"]
 
     segmenter, params = seg.Segmenter.from_model_folder(tiny_upp_dir, "quad")
     direct = segmenter.segment(params, np.transpose(images, (0, 2, 3, 1)), downsample=2)
     with np.load(out) as saved:
-        assert saved.files == ["segmentation"]
+        assert saved.files == ["segmentation", "names", "categories", "category_names"]
         assert saved["segmentation"].shape == (5, 5, 16, 16)
         np.testing.assert_array_equal(saved["segmentation"], np.asarray(direct))
-    with open(out.parent / "labels.json") as f:
-        written = json.load(f)
+        written = {name: saved[name].tolist() for name in saved.files[1:]}
     expected = _json(fixtures, "labelcats.json")["quad"]
     assert [list(pair) for pair in zip(written["names"], written["categories"])] == expected["labelcats"]
     assert written["category_names"] == expected["categories"]
@@ -469,7 +474,7 @@ def test_command_line_on_two_devices(tiny_upp_dir, fixtures, tmp_path):
                     f"--out={tmp_path / 'bad.npz'}")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"error: --images={tmp_path / 'ints.npy'}: dtype int32, expected float32")
+        f"error: --images={tmp_path / 'ints.npy'}: dtype int32, expected float32 or float64")
     assert not (tmp_path / "bad.npz").exists()
 
 

@@ -58,10 +58,14 @@ class Study:
 
 
 def output_dir(kind, name):
-    """--outdir when a --dissection is given too, else DISSECTION/kind/name."""
+    """--outdir when a --dissection is given too, else DISSECTION/kind/name; UserError if not writable."""
+    from jaxdissect.io.files import check_writable_folder
     if FLAGS.dissection and FLAGS.outdir:
+        check_writable_folder(FLAGS.outdir, "outdir")
         return FLAGS.outdir
-    return os.path.join(dissection_dir(), kind, name.replace(os.sep, "_"))
+    folder = os.path.join(dissection_dir(), kind, name.replace(os.sep, "_"))
+    check_writable_folder(folder, "dissection" if FLAGS.dissection else "outdir")
+    return folder
 
 
 def ace_path(study):

@@ -1,4 +1,5 @@
 """Flags shared by several modes, and helpers to validate them."""
+import math
 import os
 
 from absl import flags
@@ -17,6 +18,8 @@ flags.DEFINE_string("out", None, "generate, segment: the .npz file to write.")
 flags.DEFINE_integer("downsample", 1, "Segmentations are (H // downsample, W // downsample) for H x W images.")
 flags.DEFINE_enum("segdiv", "undivided", SEGDIVS,
                   "'quad' adds the upp segmenter's top/bottom and left/right object quarters as classes.")
+flags.DEFINE_boolean("overwrite", False, "generate, segment: replace an existing --out or --png_dir that "
+                     "is not one of this tool's outputs (ours are replaced without it).")
 
 FLAGS = flags.FLAGS
 
@@ -34,6 +37,48 @@ def dissection_dir():
     if not folder:
         raise UserError(f"--dissection is required for --mode={FLAGS.mode} (a finished dissection folder)")
     return folder
+
+
+def validate_flags():
+    """UserError for values no mode accepts: a float that is not finite, an emptied list flag
+    (one whose default is not empty) and an empty item in a list (`--layers=layer4,`)."""
+    for name in sorted(set(FLAGS)):
+        flag = FLAGS[name]
+        if not flag.present:
+            continue
+        if isinstance(flag.value, float) and not math.isfinite(flag.value):
+            raise UserError(f"--{name}={flag.value}: must be a finite number")
+        if isinstance(flag.value, list):
+            if not flag.value and flag.default:
+                raise UserError(f"--{name} is empty; give at least one value (default: {','.join(flag.default)})")
+            if "" in flag.value:
+                raise UserError(f"--{name}={','.join(flag.value)}: has an empty item")
+
+
+def check_output_file(flag_name, keys):
+    """UserError unless --FLAG's file can be written: not a folder, its folder writable, and if it exists
+    one of ours (an .npz holding `keys`) or --overwrite is given."""
+    from jaxdissect.io import files
+    path = FLAGS[flag_name].value
+    if os.path.isdir(path):
+        raise UserError(f"--{flag_name}={path}: is a folder; give the .npz file to write")
+    files.check_writable_folder(os.path.dirname(os.path.abspath(path)), flag_name, path)
+    if os.path.lexists(path) and not FLAGS.overwrite and not files.npz_holds(path, keys):
+        raise UserError(f"--{flag_name}={path}: exists and is not a --mode={FLAGS.mode} output; "
+                        "give --overwrite to replace it")
+
+
+def check_output_folder(flag_name, is_ours):
+    """UserError unless --FLAG's folder can be written and, if it holds files, `is_ours(name)` holds for
+    each of them or --overwrite is given."""
+    from jaxdissect.io import files
+    path = FLAGS[flag_name].value
+    files.check_writable_folder(path, flag_name)
+    if os.path.isdir(path) and not FLAGS.overwrite:
+        foreign = sorted(name for name in os.listdir(path) if not is_ours(name))
+        if foreign:
+            raise UserError(f"--{flag_name}={path}: holds files not written by --mode={FLAGS.mode} "
+                            f"(e.g. {foreign[0]}); give --overwrite to replace the folder")
 
 
 def existing_file(flag_name):

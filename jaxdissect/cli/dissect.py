@@ -19,6 +19,7 @@ from absl import flags
 from jaxdissect.cli import register
 from jaxdissect.cli.common import FLAGS, require, write_run_record
 from jaxdissect.errors import UserError
+from jaxdissect.io.files import check_writable_folder
 
 flags.DEFINE_list("layers", ["layer4"], "dissect: generator layers to dissect (one pass serves them all).")
 flags.DEFINE_integer("samples", 10000, "dissect: number of generated samples.")
@@ -125,6 +126,7 @@ def print_summary(result):
 def run_dissect():
     from jaxdissect.dissection import pipeline, sources
     require("generator", "segmenter", "outdir")
+    check_writable_folder(FLAGS.outdir, "outdir")
     settings = settings_from_flags()
     generator, g_params = load_generator_flag()
     check_layers(generator, settings.layers)
@@ -167,6 +169,7 @@ def run_dissect_arrays():
 
     from jaxdissect.dissection import pipeline
     require("arrays", "outdir")
+    check_writable_folder(FLAGS.outdir, "outdir")
     source = array_source()
     settings = settings_from_flags()
     samples = FLAGS.samples if FLAGS["samples"].present else source.sample_limit
@@ -183,6 +186,7 @@ def run_report():
     from jaxdissect.dissection import pipeline, results
     from jaxdissect.report import unit_images
     require("outdir")
+    check_writable_folder(FLAGS.outdir, "outdir")
     settings_from_flags()  # validates the read-out flags
     previous = results.Dissection(FLAGS.outdir)
     if FLAGS.arrays or recorded_flag(FLAGS.outdir, "mode") == "dissect_arrays":

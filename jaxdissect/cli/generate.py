@@ -4,9 +4,12 @@
         [--capture=layer4,layer6] [--batch_size=8] [--png_dir=DIR]
 
 OUT.npz holds `image` (N, 3, R, R) and one (N, C, H, W) array per captured
-layer, float32, in the original tools' NCHW layout.
+layer, float32, in the original tools' NCHW layout. The .npz and the PNG
+folder appear together, complete, or not at all.
 """
+import contextlib
 import os
+import re
 
 import jax
 import numpy as np
@@ -14,14 +17,17 @@ from absl import flags
 from PIL import Image
 
 from jaxdissect.cli import register
-from jaxdissect.cli.common import FLAGS, require
+from jaxdissect.cli.common import FLAGS, check_output_file, check_output_folder, require
 from jaxdissect.errors import UserError
 from jaxdissect.io import files
 from jaxdissect.models.load import load_generator
+from jaxdissect.progress import Progress
 
 flags.DEFINE_string("z", None, "generate: .npy file of latents, float, shape (N, latent_size).")
 flags.DEFINE_list("capture", [], "generate: layers whose featuremaps to save too, e.g. layer4,layer6.")
-flags.DEFINE_string("png_dir", None, "generate: also write each image as DIR/NNNNNN.png.")
+flags.DEFINE_string("png_dir", None, "generate: also write each image as DIR/NNNNNN.png (replacing the folder).")
+
+PNG_NAME = re.compile(r"\d{6}\.png")
 
 
 def read_latents(path, latent_size):
@@ -31,7 +37,11 @@ def read_latents(path, latent_size):
         raise UserError(f"--z={path}: shape {z.shape}, expected (N, {latent_size}) with N >= 1")
     if z.dtype.kind != "f":
         raise UserError(f"--z={path}: dtype {z.dtype}, expected float32 or float64")
-    return z.astype(np.float32)
+    z = z.astype(np.float32)
+    if not np.isfinite(z).all():
+        bad = np.argwhere(~np.isfinite(z))[0]
+        raise UserError(f"--z={path}: latent {bad[0]} holds {z[tuple(bad)]} (every value must be finite)")
+    return z
 
 
 def generate(model, params, z, capture=(), batch_size=8):
@@ -47,6 +57,7 @@ def generate(model, params, z, capture=(), batch_size=8):
     batch = min(batch_size, len(z))
     run = jax.jit(lambda params, z: model(params, z, capture=tuple(capture)))
     chunks = {name: [] for name in ("image", *capture)}
+    progress = Progress("generate", len(z), unit="images")
     for start in range(0, len(z), batch):
         block = z[start:start + batch]
         count = len(block)
@@ -54,6 +65,7 @@ def generate(model, params, z, capture=(), batch_size=8):
         image, captured = run(params, block)
         for name, value in [("image", image), *captured.items()]:
             chunks[name].append(np.transpose(np.asarray(value, np.float32)[:count], (0, 3, 1, 2)))
+        progress.update(start + count)
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
@@ -64,7 +76,6 @@ def image_bytes(images):
 
 
 def save_pngs(folder, images):
-    os.makedirs(folder, exist_ok=True)
     for i, pixels in enumerate(image_bytes(images)):
         Image.fromarray(pixels).save(os.path.join(folder, f"{i:06d}.png"))
 
@@ -72,14 +83,16 @@ def save_pngs(folder, images):
 @register("generate", "Generate images (and layer featuremaps) for latents from a .npy file.")
 def run():
     require("generator", "z", "out")
-    if os.path.isdir(FLAGS.out):
-        raise UserError(f"--out={FLAGS.out}: is a folder; give the .npz file to write")
+    check_output_file("out", ["image"])
+    if FLAGS.png_dir:
+        check_output_folder("png_dir", PNG_NAME.fullmatch)
     if FLAGS.batch_size < 1:
         raise UserError(f"--batch_size={FLAGS.batch_size}: must be at least 1")
     model, params = load_generator(FLAGS.generator)
     z = read_latents(FLAGS.z, model.latent_size)
     arrays = generate(model, params, z, FLAGS.capture, FLAGS.batch_size)
-    files.save_npz(FLAGS.out, arrays)
-    if FLAGS.png_dir:
-        save_pngs(FLAGS.png_dir, arrays["image"])
+    with files.atomic_folder(FLAGS.png_dir) if FLAGS.png_dir else contextlib.nullcontext() as png_dir:
+        if png_dir:
+            save_pngs(png_dir, arrays["image"])
+        files.save_npz(FLAGS.out, arrays)
     print(f"wrote {FLAGS.out}: {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}")

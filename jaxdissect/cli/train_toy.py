@@ -7,6 +7,7 @@ from absl import flags
 
 from jaxdissect.checkpoint import save_model
 from jaxdissect.cli import register
+from jaxdissect.io.files import check_writable_folder
 
 flags.DEFINE_string("workdir", None, "Training folder: checkpoints, metrics.jsonl and the exported model folders.")
 flags.DEFINE_integer("train_steps", 20000, "Total optimiser steps of a training run (a resumed run continues to this).")
@@ -37,6 +38,7 @@ def run_train_gan():
     from jaxdissect.training import gan
 
     require("workdir")
+    check_writable_folder(FLAGS.workdir, "workdir")
     config = gan.GANConfig(sizes=tuple(int(s) for s in FLAGS.gan_sizes), batch_size=FLAGS.train_batch_size,
                            steps=FLAGS.train_steps, learning_rate=FLAGS.learning_rate,
                            r1_gamma=FLAGS.r1_gamma, seed=FLAGS.train_seed)
@@ -140,6 +142,7 @@ def run_train_segmenter():
     from jaxdissect.training import segmenter
 
     require("workdir")
+    check_writable_folder(FLAGS.workdir, "workdir")
     config = segmenter.SegmenterTrainConfig(
         depths=tuple(int(d) for d in FLAGS.seg_depths), fpn_dim=FLAGS.seg_fpn_dim,
         ppm_scales=tuple(int(s) for s in FLAGS.seg_ppm_scales), input_size=FLAGS.seg_input_size,

@@ -1,14 +1,18 @@
-"""Atomic file writes: a reader never sees a half-written output.
+"""Atomic file writes: a reader never sees a half-written output. Path checks for outputs.
 
-Each writer writes a hidden temporary file beside the target and renames it
-onto the target only when complete; on any error the temporary is removed.
+Each writer writes a hidden temporary file (or folder) beside the target and
+renames it onto the target only when complete; on any error the temporary
+is removed.
 """
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
+
+from jaxdissect.errors import UserError
 
 
 @contextlib.contextmanager
@@ -22,9 +26,38 @@ def atomic_open(path, mode="w"):
             yield f
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        _raise_naming(e, path)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yields an empty temporary folder beside `path` that replaces `path` (and all it held) on success."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if os.path.isdir(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_naming(e, path)
+        raise
+
+
+def _raise_naming(error, path):
+    """Raises an OSError that names no file (a failed write, e.g. on a full disk) again, naming `path`."""
+    if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+        raise OSError(error.errno, error.strerror, path) from error
 
 
 def save_npz(path, arrays, compressed=False):
@@ -42,12 +75,40 @@ def save_text(path, text):
         f.write(text)
 
 
+def check_writable_folder(path, flag, value=None):
+    """UserError naming --flag=value (default: `path`) unless the folder `path` exists or can be made,
+    and can be written to.
+
+    Creates nothing: it probes the nearest existing folder on the way with a temporary file.
+    """
+    given = f"--{flag}={path if value is None else value}"
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{given}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".jaxdissect-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{given}: cannot write in {existing} ({e.strerror})") from None
+
+
+def npz_holds(path, keys):
+    """True if `path` is an .npz file holding every array named in `keys`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return isinstance(data, np.lib.npyio.NpzFile) and set(keys) <= set(data.files)
+    except Exception:  # np.load raises several types for files of other kinds
+        return False
+
+
 def load_npy(path, flag):
     """The one array of a .npy file; UserError naming --flag for a missing, unreadable or .npz file.
 
     Never unpickles (a .npy of Python objects is refused).
     """
-    from jaxdissect.errors import UserError
     if not os.path.isfile(path):
         raise UserError(f"--{flag}={path}: no such file")
     try:
@@ -58,3 +119,20 @@ def load_npy(path, flag):
         array.close()
         raise UserError(f"--{flag}={path}: holds several arrays (an .npz); give one .npy array")
     return array
+
+
+def load_array(path, flag, key):
+    """A .npy file's array, or the array `key` of an .npz file; UserError naming --flag otherwise."""
+    if not path.endswith(".npz"):
+        return load_npy(path, flag)
+    if not os.path.isfile(path):
+        raise UserError(f"--{flag}={path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if key not in data.files:
+                raise UserError(f"--{flag}={path}: no '{key}' array (it holds {', '.join(data.files) or 'none'})")
+            return data[key]
+    except UserError:
+        raise
+    except Exception as e:  # np.load raises several types for a non-.npz file
+        raise UserError(f"--{flag}={path}: not an .npz file ({type(e).__name__}: {e})") from None

@@ -1,4 +1,8 @@
-"""The self-contained dissection report (one HTML file; images inlined as data URIs)."""
+"""The self-contained dissection report (one HTML file; images inlined as data URIs).
+
+Every text that comes from the inputs (layer, label and category names, paths, settings) goes
+through `esc`: a crafted labels file cannot inject markup.
+"""
 import base64
 import html
 import os
@@ -17,7 +21,18 @@ th{background:#f4f4f4} .settings td:first-child{color:#666}
 .card img{image-rendering:pixelated;height:112px;width:auto;max-width:calc(100% - 210px);object-fit:contain}
 .muted{color:#888} details summary{cursor:pointer;margin:8px 0}
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}
+svg.chart{max-width:100%;height:auto}
 """
+
+
+def esc(value):
+    """Any value as HTML text (quotes escaped too, so it is safe inside attributes)."""
+    return html.escape(str(value))
+
+
+def plural(count, noun):
+    """'1 unit', '2 units'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def label_counts(layer_summary):
@@ -28,7 +43,8 @@ def label_counts(layer_summary):
 
 
 def bar_chart(counts, width=900, bar_height=16):
-    """A horizontal SVG bar chart of interpretable units per label, coloured by category."""
+    """A horizontal SVG bar chart of interpretable units per label, coloured by category; it shrinks to fit
+    narrower containers."""
     if not counts:
         return '<p class="muted">No interpretable units at these cut-offs.</p>'
     top = max(c for _, _, c in counts)
@@ -39,12 +55,13 @@ def bar_chart(counts, width=900, bar_height=16):
         w = max(1.0, chart_width * count / top)
         colour = CATEGORY_COLOURS.get(category, "#999")
         rows.append(f'<text x="{label_width - 6}" y="{y + bar_height - 4}" text-anchor="end" font-size="12">'
-                    f'{html.escape(label)}</text>'
+                    f'{esc(label)}</text>'
                     f'<rect x="{label_width}" y="{y}" width="{w:.1f}" height="{bar_height}" fill="{colour}">'
-                    f'<title>{html.escape(label)} ({category}): {count} units</title></rect>'
+                    f'<title>{esc(label)} ({esc(category)}): {plural(count, "unit")}</title></rect>'
                     f'<text x="{label_width + w + 4:.1f}" y="{y + bar_height - 4}" font-size="12">{count}</text>')
     height = len(counts) * (bar_height + 4)
-    return f'<svg width="{width}" height="{height}" role="img">{"".join(rows)}</svg>'
+    return (f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">'
+            f'{"".join(rows)}</svg>')
 
 
 def legend(counts):
@@ -58,8 +75,8 @@ def layers_table(summary):
     for name, layer in summary["layers"].items():
         counts = label_counts(layer)
         top = ", ".join(f"{label} ({n})" for label, _, n in sorted(counts, key=lambda t: -t[2])[:6])
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{layer['units']}</td>"
-                    f"<td>{layer['interpretable_units']}</td><td>{len(counts)}</td><td>{html.escape(top)}</td></tr>")
+        rows.append(f"<tr><td>{esc(name)}</td><td>{layer['units']}</td>"
+                    f"<td>{layer['interpretable_units']}</td><td>{len(counts)}</td><td>{esc(top)}</td></tr>")
     return ("<table><tr><th>layer</th><th>units</th><th>interpretable</th><th>labels</th>"
             "<th>most frequent labels (units)</th></tr>" + "".join(rows) + "</table>")
 
@@ -67,31 +84,32 @@ def layers_table(summary):
 SCORE_NAMES = {"max_iqr": "max IQR", "iou": "IoU"}
 
 
-def unit_card(unit, strip, label_score):
+def unit_card(unit, strip, label_score, layer=""):
     """One unit: label, category, IoU, IQR, agreement and threshold, the runner-up label with its score
     (`label_score`, the measure that picks labels), and its top samples."""
     fmt = lambda x: "–" if x is None else f"{x:.3f}"
     image = (f'<img alt="top samples of unit {unit["unit"]}" src="data:image/jpeg;base64,'
              f'{base64.b64encode(strip).decode()}">' if strip else '<span class="muted">no samples</span>')
-    return (f'<div class="card" id="u{unit["unit"]}"><div class="info"><div class="label">unit {unit["unit"]}: '
-            f'{html.escape(unit["label"])}</div><div class="muted">{unit["category"] or "no label"}</div>'
+    return (f'<div class="card" id="{esc(layer)}-u{unit["unit"]}"><div class="info"><div class="label">'
+            f'unit {unit["unit"]}: {esc(unit["label"])}</div>'
+            f'<div class="muted">{esc(unit["category"] or "no label")}</div>'
             f'IoU {fmt(unit["iou"])} · IQR {fmt(unit["iqr"])}<br>agreement {fmt(unit["agreement"])} · '
             f'threshold {fmt(unit["threshold"])}<br><span class="muted">runner-up: '
-            f'{html.escape(unit["runner_up"])} ({SCORE_NAMES[label_score]} {fmt(unit["runner_up_score"])})'
+            f'{esc(unit["runner_up"])} ({SCORE_NAMES[label_score]} {fmt(unit["runner_up_score"])})'
             f'</span></div>{image}</div>')
 
 
-def unit_cards(layer_summary, strips, label_score):
+def unit_cards(layer_summary, strips, label_score, layer=""):
     """Interpretable units grouped by label (most frequent labels first), each by IoU; the rest folded."""
     units = layer_summary["unit"]
     count = {label: v["units"] for label, v in layer_summary["labels"].items()}
     good = sorted((u for u in units if u["interpretable"]),
                   key=lambda u: (-count[u["label"]], u["label"], -(u["iou"] or 0)))
     rest = sorted((u for u in units if not u["interpretable"]), key=lambda u: -(u["iou"] or 0))
-    cards = "".join(unit_card(u, strips.get(u["unit"]), label_score) for u in good)
-    folded = "".join(unit_card(u, strips.get(u["unit"]), label_score) for u in rest)
+    cards = "".join(unit_card(u, strips.get(u["unit"]), label_score, layer) for u in good)
+    folded = "".join(unit_card(u, strips.get(u["unit"]), label_score, layer) for u in rest)
     return (f'<div class="cards">{cards}</div>'
-            f'<details><summary>{len(rest)} units below the cut-offs</summary>'
+            f'<details><summary>{plural(len(rest), "unit")} below the cut-offs</summary>'
             f'<div class="cards">{folded}</div></details>')
 
 
@@ -104,16 +122,16 @@ def settings_table(summary, run_info):
             "labels picked by": SCORE_NAMES[summary["label_score"]], "cut-offs": cut_offs,
             "segmentation downsample": s["downsample"]}
     return '<table class="settings">' + "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items()) + "</table>"
+        f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in rows.items()) + "</table>"
 
 
 def render_report(summary, strips_by_layer, run_info):
     sections = []
     for name, layer in summary["layers"].items():
-        sections.append(f'<h2 id="{html.escape(name)}">{html.escape(name)}: {layer["interpretable_units"]} of '
-                        f'{layer["units"]} units interpretable</h2>{legend(label_counts(layer))}'
+        sections.append(f'<h2 id="{esc(name)}">{esc(name)}: {layer["interpretable_units"]} of '
+                        f'{plural(layer["units"], "unit")} interpretable</h2>{legend(label_counts(layer))}'
                         f'{bar_chart(label_counts(layer))}'
-                        f'{unit_cards(layer, strips_by_layer.get(name, {}), summary["label_score"])}')
+                        f'{unit_cards(layer, strips_by_layer.get(name, {}), summary["label_score"], name)}')
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Dissection report</title>'
             f'<style>{STYLE}</style></head><body><h1>GAN dissection report</h1>'
             f'{settings_table(summary, run_info)}<h2>Layers</h2>{layers_table(summary)}'

@@ -54,12 +54,16 @@ class MetricLog:
         now = time.time()
         if self.first_step is None:
             self.first_step, self.started = step, now
-        done = step - self.first_step
-        rate = done / max(now - self.started, 1e-9)
-        eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
         record = {"step": step, "time": now, **metrics}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        print(f"[{self.name}] step {step}/{self.total_steps} {rate * items_per_step:.1f} items/s "
-              f"eta {eta / 60:.1f} min {shown}", file=sys.stderr, flush=True)
+        print(f"[{self.name}] step {step}/{self.total_steps} {self.speed(step, now, items_per_step)} {shown}",
+              file=sys.stderr, flush=True)
+
+    def speed(self, step, now, items_per_step):
+        """'R items/s eta M min', counted from the first logged step (which has none yet)."""
+        if step == self.first_step:
+            return "(rate and eta from the next log)"
+        rate = (step - self.first_step) / max(now - self.started, 1e-9)
+        return f"{rate * items_per_step:.1f} items/s eta {(self.total_steps - step) / rate / 60:.1f} min"
