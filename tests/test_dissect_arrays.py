@@ -132,3 +132,5 @@ def test_cli_refusals_are_one_line_and_leave_nothing(tmp_path):
                                    f"--outdir={outdir}", "--samples=5"), "--samples=5", "only 4")
     assert_one_line_error(run_main("--mode=dissect_arrays", f"--arrays={tmp_path / 'missing.npz'}",
                                    f"--outdir={outdir}"), "--arrays=", "no such file")
+    assert_one_line_error(run_main("--mode=dissect_arrays", f"--arrays={tmp_path / 'good.npz'}",
+                                   f"--outdir={tmp_path}"), "holds files that are not a dissection's")

@@ -109,6 +109,16 @@ def recorded_flag(outdir, name):
     return value
 
 
+def check_dissection_outdir():
+    """--outdir must be writable, and empty or a dissection's own folder (resumed or re-read)."""
+    check_writable_folder(FLAGS.outdir, "outdir")
+    if os.path.isdir(FLAGS.outdir) and os.listdir(FLAGS.outdir) and not os.path.exists(
+            os.path.join(FLAGS.outdir, "statistics_key.json")):
+        example = sorted(os.listdir(FLAGS.outdir))[0]
+        raise UserError(f"--outdir={FLAGS.outdir} holds files that are not a dissection's (e.g. {example}); "
+                        "use a new or empty folder")
+
+
 def run_info():
     return {"arrays": FLAGS.arrays} if FLAGS.mode == "dissect_arrays" else {"generator": FLAGS.generator,
                                                                             "segmenter": FLAGS.segmenter}
@@ -126,7 +136,7 @@ def print_summary(result):
 def run_dissect():
     from jaxdissect.dissection import pipeline, sources
     require("generator", "segmenter", "outdir")
-    check_writable_folder(FLAGS.outdir, "outdir")
+    check_dissection_outdir()
     settings = settings_from_flags()
     generator, g_params = load_generator_flag()
     check_layers(generator, settings.layers)
@@ -169,7 +179,7 @@ def run_dissect_arrays():
 
     from jaxdissect.dissection import pipeline
     require("arrays", "outdir")
-    check_writable_folder(FLAGS.outdir, "outdir")
+    check_dissection_outdir()
     source = array_source()
     settings = settings_from_flags()
     samples = FLAGS.samples if FLAGS["samples"].present else source.sample_limit
