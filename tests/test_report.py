@@ -31,11 +31,14 @@ def crafted_summary():
     """Two layers whose names, labels, categories and paths carry markup, with one unit each."""
     attack = '<script>alert(1)</script>'
     unit = {"unit": 0, "label": f"door{attack}", "category": f'part"><img src=x onerror=alert(2)>', "iou": 0.3,
-            "iqr": 0.1, "agreement": 0.9, "threshold": 1.0, "interpretable": True}
+            "iqr": 0.1, "agreement": 0.9, "threshold": 1.0, "interpretable": True,
+            "runner_up": f"roof{attack}", "runner_up_score": 0.05}
     layer = {"units": 1, "interpretable_units": 1,
              "labels": {unit["label"]: {"category": unit["category"], "units": 1}}, "unit": [unit]}
-    settings = {"samples": 10, "seed": 1, "rule": "iqr", "min_iou": 0.05, "min_agreement": 0.75, "downsample": 1}
-    return {"settings": settings, "layers": {f"layer4{attack}": layer, "layer6": layer}}, attack
+    settings = {"samples": 10, "seed": 1, "readout": "reference", "rule": "iqr", "min_iou": 0.05, "min_iqr": 0.01,
+                "min_agreement": 0.75, "downsample": 1}
+    return {"settings": settings, "label_score": "max_iqr",
+            "layers": {f"layer4{attack}": layer, "layer6": layer}}, attack
 
 
 def test_report_escapes_input_texts_has_unique_ids_and_right_plurals():
@@ -48,6 +51,7 @@ def test_report_escapes_input_texts_has_unique_ids_and_right_plurals():
     assert "1 units" not in page
     assert "1 of 1 unit interpretable" in page and "0 units below the cut-offs" in page
     assert ": 1 unit</title>" in page
+    assert "runner-up: roof&lt;script&gt;" in page and "(max IQR 0.050)" in page
 
 
 def test_bar_chart_shrinks_to_its_container():
