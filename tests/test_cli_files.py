@@ -79,7 +79,7 @@ def test_bad_flags_and_inputs_are_one_line(latents, tmp_path):
     np.save(tmp_path / "inf.npy", np.full((1, 3, 8, 8), np.inf, np.float32))
     z = f"--z={latents / 'z64.npy'}"
     cases = [
-        (["--mode=dance"], ["unknown --mode=dance; modes: ablate, ace, artifacts, dissect, generate"]),
+        (["--mode=dance"], ["unknown --mode=dance; modes: ablate, ace, artifacts, dissect, dissect_arrays, generate"]),
         (["--mode=dissect", "--samples=many"], ["flag --samples=many: invalid literal for int()"]),
         (["--mode=dissect", "--sample=10"], ["Unknown command line flag 'sample'"]),
         (["--mode=dissect", "--flagfile=configs/toy.cfg", f"--outdir={tmp_path}/run", "--layers="],

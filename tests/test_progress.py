@@ -45,11 +45,13 @@ def test_training_log_gives_rate_and_eta_once_it_can(monkeypatch, tmp_path, caps
 
 def test_a_resumed_dissection_says_so(tmp_path, monkeypatch, capsys):
     import planted
-    from jaxdissect.dissection import engine
-    gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
+    from jaxdissect.dissection import engine, sources
+    gen = planted.PlantedGenerator()
     settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, checkpoint_every=2, bins=16,
                                       top_k=2)
-    real_step_fn = engine._main_step_fn
+    source = sources.GeneratedSamples(gen, gen.init(), planted.PlantedSegmenter(), None, settings.layers, 1,
+                                      settings.seed)
+    real_step_fn = engine._main_fold_fn
 
     def dying_step_fn(*args):
         fold, calls = real_step_fn(*args), []
@@ -60,12 +62,12 @@ def test_a_resumed_dissection_says_so(tmp_path, monkeypatch, capsys):
                 raise KeyboardInterrupt
             return fold(*fold_args)
         return counting_fold
-    monkeypatch.setattr(engine, "_main_step_fn", dying_step_fn)
+    monkeypatch.setattr(engine, "_main_fold_fn", dying_step_fn)
     try:
-        engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path))
+        engine.collect_statistics(source, settings, str(tmp_path))
     except KeyboardInterrupt:
         pass
     assert "resuming" not in capsys.readouterr().err
-    monkeypatch.setattr(engine, "_main_step_fn", real_step_fn)
-    engine.collect_statistics(gen, gen.init(), seg, None, settings, str(tmp_path))
+    monkeypatch.setattr(engine, "_main_fold_fn", real_step_fn)
+    engine.collect_statistics(source, settings, str(tmp_path))
     assert "dissection (units x classes): resuming at sample 32 of 100\n" in capsys.readouterr().err
