@@ -12,33 +12,33 @@ from jaxdissect.io import arrays
 TOY = os.path.join(REPO, "weights", "toy")
 
 
-def toy_arrays(samples, seed, layer, downsample):
-    """The toy models' featuremaps (NHWC), segmentations and images of the dissection's samples 0..N-1."""
+def toy_arrays(tmp_path, samples, seed, layer, downsample):
+    """The arrays of the dissection's samples 0..N-1 as a user gets them: `generate --capture` and `segment`
+    through main.py, then assembled (featuremaps NCHW -> NHWC, the class names as `labels`)."""
     from jaxdissect import parallel
-    from jaxdissect.cli.generate import generate
-    from jaxdissect.models.load import load_generator
-    from jaxdissect.segmentation.segmenter import Segmenter
-    generator, g_params = load_generator(os.path.join(TOY, "generator"))
-    segmenter, s_params = Segmenter.from_model_folder(os.path.join(TOY, "segmenter"), "undivided")
-    z = parallel.latents(seed, 0, samples, generator.latent_size)
-    made = generate(generator, g_params, z, (layer,), batch_size=16)
-    nhwc = np.moveaxis(made["image"], 1, -1)
-    seg = np.concatenate([np.asarray(segmenter.segment(s_params, nhwc[i:i + 16], downsample))
-                          for i in range(0, samples, 16)])
-    return {layer: np.moveaxis(made[layer], 1, -1), "segmentation": seg, "images": made["image"],
-            "labels": np.array(segmenter.labels), "categories": np.array(segmenter.label_categories)}
+    np.save(tmp_path / "z.npy", parallel.latents(seed, 0, samples, 128))
+    for args in (["--mode=generate", f"--generator={TOY}/generator", f"--z={tmp_path / 'z.npy'}",
+                  f"--capture={layer}", f"--out={tmp_path / 'generated.npz'}", "--batch_size=32"],
+                 ["--mode=segment", f"--segmenter={TOY}/segmenter", f"--images={tmp_path / 'generated.npz'}",
+                  f"--downsample={downsample}", f"--out={tmp_path / 'classes.npz'}", "--batch_size=32"]):
+        result = run_main(*args)
+        assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "generated.npz") as generated, np.load(tmp_path / "classes.npz") as classes:
+        return {layer: np.moveaxis(generated[layer], 1, -1), "images": generated["image"],
+                "segmentation": classes["segmentation"], "labels": classes["names"],
+                "categories": classes["categories"]}
 
 
 def test_dissect_and_dissect_arrays_agree_on_the_same_samples(tmp_path):
-    """The generator's own dissection and a dissection of its arrays give the same dissect.json: the same
-    labels, flags and top samples, numbers within 1e-5 (the featuremaps come from two different compiled
-    programs, which may round their last bits differently)."""
+    """The generator's own dissection and a dissection of its arrays (written by generate and segment) give
+    the same dissect.json: the same labels, flags and top samples, numbers within 1e-5 (the featuremaps
+    come from two different compiled programs, which may round their last bits differently)."""
     common = ["--layers=layer4", "--samples=64", "--batch_size=32", "--seed=3", "--downsample=2"]
     direct = run_main("--mode=dissect", f"--generator={TOY}/generator", f"--segmenter={TOY}/segmenter",
                       f"--outdir={tmp_path / 'direct'}", *common)
     assert direct.returncode == 0, direct.stderr
     path = tmp_path / "toy.npz"
-    np.savez(path, **toy_arrays(64, 3, "layer4", 2))
+    np.savez(path, **toy_arrays(tmp_path, 64, 3, "layer4", 2))
     from_arrays = run_main("--mode=dissect_arrays", f"--arrays={path}", f"--outdir={tmp_path / 'arrays'}",
                            *common)
     assert from_arrays.returncode == 0, from_arrays.stderr
