@@ -46,15 +46,17 @@ def models(args, tmp):
 
 
 def search_step(generator, segmenter, layer, class_index, batch_size, downsample):
-    """(the search's jitted step, a starting state placed as search.search places it, insertion values)."""
-    units = generator.featuremap_shape(layer)[-1]
+    """(the search's jitted step (state, g_params, s_params, value, index) of the default objective, a
+    starting state placed as search.search places it, insertion values). Probe cells are drawn uniformly
+    (speed does not depend on where)."""
+    height, width, units = generator.featuremap_shape(layer)
     settings = search.AlphaSearchSettings(layer=layer, class_index=class_index, batch_size=batch_size,
                                           downsample=downsample)
     opt, step = search._step_fn(generator, segmenter, settings)
-    alpha = jnp.full((units,), 0.5, jnp.float32)
-    state = jax.device_put({"alpha": alpha, "opt": opt.init(alpha), "step": jnp.zeros((), jnp.int32)},
-                           parallel.replicated())
-    return step, state, jnp.ones((units,), jnp.float32)
+    presence = jax.device_put(jnp.ones((height, width), jnp.float32), parallel.replicated())
+    state = search.initial_state(opt, jnp.full((units,), 0.5, jnp.float32))
+    return (lambda state, g_params, s_params, value, index: step(state, g_params, s_params, value, presence, index),
+            state, jnp.ones((units,), jnp.float32))
 
 
 def step_rate(args, generator, g_params, segmenter, s_params):

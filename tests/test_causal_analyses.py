@@ -252,8 +252,11 @@ def test_ace_json_contract(dissection, ace_run):
     assert (record["layer"], record["class"], record["class_index"], record["top_n"]) == ("layer4", "tree", 3, 3)
     alpha = np.asarray(record["alpha"])
     assert alpha.shape == (8,) and np.all((alpha >= 0) & (alpha <= 1))
-    assert record["ranking"] == list(np.argsort(-alpha, kind="stable"))
+    iou = np.load(os.path.join(outdir, "stats", "layer4.npz"))["iqr_iou"][:, 3]
+    assert record["ranking"] == sorted(range(8), key=lambda u: (-alpha[u], -iou[u], u))
     assert record["causal_units"] == record["ranking"][:3]
+    assert record["alpha_zero"] == int(np.sum(alpha == 0))
+    assert record["settings"]["region"] == "location" and record["settings"]["l2"] == 0.005
     with np.load(os.path.join(outdir, "stats", "layer4.npz")) as data:   # 'mean': act_sum / class pixels
         expect = data["act_sum"][:, 3] / data["class_pixels"][3]
     np.testing.assert_allclose(record["value"], expect, rtol=1e-6)
@@ -353,6 +356,8 @@ def test_bad_inputs_give_one_line_errors(dissection, tmp_path):
                           "unknown class 'tre'", "did you mean tree")
     assert_one_line_error(run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--layer=layer9"),
                           "layer9", "dissected: layer4")
+    assert_one_line_error(run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--ace_probes=65"),
+                          "--ace_probes=65")
     assert_one_line_error(run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=sky"),
                           "ace.json", "--mode=ace")
     (tmp_path / "units.json").write_text("[0, 99]")
