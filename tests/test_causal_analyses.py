@@ -101,6 +101,34 @@ def test_insertion_sweep_equals_a_loop_over_positions(planted_world):
     assert groups["stuff"]["positions"] + groups["thing"]["positions"] == samples * 64
 
 
+SWEEP_SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+import jax, planted
+from jaxdissect.causal import context
+assert jax.device_count() == {devices}
+gen, seg = planted.OffGridGenerator(), planted.PlantedSegmenter()
+got = context.insertion_sweep(gen, gen.init(), seg, None, "layer", [planted.PLANTED_UNIT, 1], np.full(6, 2.0),
+                              planted.THING, 4, 2, chunk=5)
+np.savez({out!r}, **{{k: got[k] for k in ("pixels_added", "score_change", "context", "pixels_before")}})
+"""
+
+
+def test_insertion_sweep_same_on_one_and_eight_devices(tmp_path):
+    import subprocess
+    runs = []
+    for devices in (1, 8):                 # chunks of 5 positions on 1 device, of 8 on 8 devices
+        out = tmp_path / f"sweep{devices}.npz"
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        script = SWEEP_SCRIPT.format(tests=os.path.dirname(__file__), devices=devices, out=str(out))
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True)
+        runs.append(dict(np.load(out)))
+    assert runs[0]["pixels_added"].max() > 0
+    for key in ("pixels_added", "context", "pixels_before"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key])
+    np.testing.assert_allclose(runs[0]["score_change"], runs[1]["score_change"], atol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # Tracing
 
