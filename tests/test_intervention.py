@@ -223,8 +223,8 @@ def test_location_objective_equals_brute_force_off_the_grid(off_grid):
     expect, present, candidates = brute_force_location_effect(gen, params, seg, alpha, value, r, probes)
     np.testing.assert_allclose(float(got["ace"]), expect, rtol=1e-5)
     # Off the grid, the cell where the class is most present is not the first cell it touches.
-    first_touched = [int(np.flatnonzero(cell_means(np.asarray(gen.f(params, jnp.asarray(r[n:n + 1]), "layer"))[0, ..., 0]
-                                                   > -1).ravel())[0]) for n in range(len(r))]
+    images = np.asarray(gen.f(params, jnp.asarray(r), "layer"))
+    first_touched = [int(np.flatnonzero(cell_means(images[n, ..., 0] > 0))[0]) for n in range(len(r))]
     assert any(p != t for p, t in zip(present, first_touched))
     assert len(set(candidates)) > 1 and float(got["present"]) == 1.0
 
