@@ -367,19 +367,32 @@ def test_artifacts_mode(dissection, tmp_path):
     np.save(tmp_path / "real.npy", reference)
     result = run_main("--mode=artifacts", f"--dissection={outdir}", f"--discriminator={root}/disc", "--top_n=2",
                       f"--reference={tmp_path / 'real.npy'}", "--eval_samples=12", "--artifact_random_sets=2",
-                      "--rank_samples=4", "--batch_size=4")
+                      "--rank_samples=4", "--batch_size=4", "--frechet_dims=6")
     assert result.returncode == 0, result.stderr
     with open(os.path.join(outdir, "artifacts", "layer4", "artifacts.json")) as f:
         report = json.load(f)
     rise = np.asarray(report["realism_rise"])
     assert report["source"] == "discriminator" and report["units"] == list(np.argsort(-rise, kind="stable")[:2])
     assert len(report["frechet"]["random"]) == 2 and report["frechet"]["original"] > 0
+    assert report["frechet_dims"] == 6 and report["frechet"]["original_spread"] > 0
     assert report["realism"]["original"] is not None
     assert os.path.isfile(os.path.join(outdir, "artifacts", "layer4", "artifacts.svg"))
 
 
+def test_feature_map_is_orthonormal_and_halves_spread_is_their_std():
+    q = artifacts.feature_map(40, 6)
+    np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-12)
+    np.testing.assert_array_equal(artifacts.feature_map(4, 6), np.eye(4))
+    features = np.random.default_rng(2).standard_normal((30, 3))
+    mu, cov = np.zeros(3), np.eye(3)
+    rng = np.random.default_rng(5)
+    halves = [artifacts.frechet_distance(*artifacts.gaussian(features[rng.permutation(30)[:15]]), mu, cov)
+              for _ in range(4)]
+    assert artifacts.spread_over_halves(features, mu, cov, draws=4, seed=5) == pytest.approx(np.std(halves))
+
+
 def test_bad_inputs_give_one_line_errors(dissection, tmp_path):
-    outdir, _ = dissection
+    outdir, root = dissection
     assert_one_line_error(run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tre"),
                           "unknown class 'tre'", "did you mean tree")
     assert_one_line_error(run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--layer=layer9"),
@@ -388,6 +401,17 @@ def test_bad_inputs_give_one_line_errors(dissection, tmp_path):
                           "--ace_probes=65")
     assert_one_line_error(run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=sky"),
                           "ace.json", "--mode=ace")
+    (tmp_path / "units.json").write_text("[0, 2]")
+    units = f"--artifact_units={tmp_path / 'units.json'}"
+    artifacts_mode = ("--mode=artifacts", f"--dissection={outdir}", units, "--frechet_dims=2", "--eval_samples=4")
+    assert_one_line_error(run_main(*artifacts_mode), "--reference is required")          # not a toy-world generator
+    np.save(tmp_path / "small.npy", np.zeros((4, 3, 8, 8), np.float32))
+    assert_one_line_error(run_main(*artifacts_mode, f"--reference={tmp_path / 'small.npy'}"), "--reference=",
+                          "(N, 3, 16, 16)")
+    np.save(tmp_path / "bytes.npy", np.full((4, 3, 16, 16), 255.0, np.float32))
+    assert_one_line_error(run_main(*artifacts_mode, f"--reference={tmp_path / 'bytes.npy'}"), "--reference=",
+                          "expected images in [-1, 1]")
+    assert_one_line_error(run_main(*artifacts_mode[:-1], "--eval_samples=3"), "--eval_samples=3")
     (tmp_path / "units.json").write_text("[0, 99]")
     assert_one_line_error(run_main("--mode=artifacts", f"--dissection={outdir}",
                                    f"--artifact_units={tmp_path / 'units.json'}"), "units.json", "[0, 8)")
