@@ -8,7 +8,8 @@ units and their insertion values; the format is described in
 jaxdissect.causal.concept), alpha.npy, ace.svg (alpha sorted, loss curve),
 run.json, and the search's checkpoints and metrics.jsonl, so a killed run
 resumes where it stopped. The generator, segmenter and --downsample default
-to the dissection's.
+to the dissection's. --ace_region picks the objective: 'location' (the
+reference's, jaxdissect.causal.location) or 'image' (jaxdissect.causal.ace).
 
 Also the helpers every causal mode shares (`open_study`, `ace_path`).
 """
@@ -188,7 +189,8 @@ def run_ace():
     outdir = output_dir("ace", study.class_name)
     value = concept.insertion_values(study.dissection, study.layer, study.class_index, FLAGS.insert_value,
                                      FLAGS.insert_quantile)
-    alpha0 = search.initial_alpha(study.dissection.matrix(study.layer, "iou")[:, study.class_index], FLAGS.alpha_init)
+    iou = study.dissection.matrix(study.layer, "iou")[:, study.class_index]
+    alpha0 = search.initial_alpha(iou, FLAGS.alpha_init)
     settings = search.AlphaSearchSettings(
         layer=study.layer, class_index=study.class_index, steps=FLAGS.ace_steps, batch_size=FLAGS.ace_batch_size,
         learning_rate=FLAGS.ace_lr, l2=FLAGS.ace_l2, seed=FLAGS.ace_seed, downsample=study.downsample,
@@ -202,7 +204,6 @@ def run_ace():
                               "segmenter": folder_id(FLAGS.segmenter)}, "alpha_search")
     alpha = search.search(study.generator, study.g_params, study.segmenter, study.s_params, settings, value, alpha0,
                           outdir)
-    iou = study.dissection.matrix(study.layer, "iou")[:, study.class_index]
     record = concept.ace_record(study.layer, study.class_name, study.class_index, alpha, search.ranking(alpha, iou),
                                 n, value, recorded, concept.read_loss_curve(outdir))
     if jax.process_index() == 0:
