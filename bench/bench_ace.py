@@ -1,7 +1,7 @@
 """Speed of the alpha search (--mode=ace) on this machine, and its agreement on 1 vs 8 devices.
 
     python bench/bench_ace.py [--generator=weights/toy/generator --segmenter=weights/toy/segmenter]
-        [--layer=layer4] [--class_index=1] [--batch_size=16] [--steps=20] [--downsample=1]
+        [--layer=layer4] [--class_index=1] [--batch_size=16] [--steps=20] [--downsample=1] [--ace_region=location]
 
 Without --generator/--segmenter it uses tiny random models (tests/tiny_models.py).
 Prints the compile time of one search step (forward and backward through
@@ -45,22 +45,24 @@ def models(args, tmp):
     return generator, g_params, segmenter, s_params
 
 
-def search_step(generator, segmenter, layer, class_index, batch_size, downsample):
-    """(the search's jitted step, a starting state placed as search.search places it, insertion values)."""
-    units = generator.featuremap_shape(layer)[-1]
+def search_step(generator, segmenter, layer, class_index, batch_size, downsample, region="location"):
+    """(the search's jitted step (state, g_params, s_params, value, index) of objective `region`, a
+    starting state placed as search.search places it, insertion values). Probe cells are drawn uniformly
+    (speed does not depend on where)."""
+    height, width, units = generator.featuremap_shape(layer)
     settings = search.AlphaSearchSettings(layer=layer, class_index=class_index, batch_size=batch_size,
-                                          downsample=downsample)
+                                          downsample=downsample, region=region)
     opt, step = search._step_fn(generator, segmenter, settings)
-    alpha = jnp.full((units,), 0.5, jnp.float32)
-    state = jax.device_put({"alpha": alpha, "opt": opt.init(alpha), "step": jnp.zeros((), jnp.int32)},
-                           parallel.replicated())
-    return step, state, jnp.ones((units,), jnp.float32)
+    presence = jax.device_put(jnp.ones((height, width), jnp.float32), parallel.replicated())
+    state = search.initial_state(opt, jnp.full((units,), 0.5, jnp.float32))
+    return (lambda state, g_params, s_params, value, index: step(state, g_params, s_params, value, presence, index),
+            state, jnp.ones((units,), jnp.float32))
 
 
 def step_rate(args, generator, g_params, segmenter, s_params):
     """(compile + first step seconds, steps/s after it) of the search's jitted step."""
     step, state, value = search_step(generator, segmenter, args.layer, args.class_index, args.batch_size,
-                                     args.downsample)
+                                     args.downsample, args.ace_region)
 
     def batch(t):
         return parallel.global_indices(t * args.batch_size, args.batch_size, (t + 1) * args.batch_size)
@@ -81,7 +83,8 @@ def six_step_alpha(args, workdir):
     segmenter, s_params = Segmenter.from_model_folder(args.segmenter)
     units = generator.featuremap_shape(args.layer)[-1]
     settings = search.AlphaSearchSettings(layer=args.layer, class_index=args.class_index, steps=6,
-                                          batch_size=args.batch_size, downsample=args.downsample)
+                                          batch_size=args.batch_size, downsample=args.downsample,
+                                          region=args.ace_region)
     alpha = search.search(generator, g_params, segmenter, s_params, settings, np.ones(units),
                           np.linspace(0.2, 0.8, units), workdir)
     np.save(os.path.join(workdir, "alpha.npy"), alpha)
@@ -95,7 +98,8 @@ def device_agreement(args, tmp):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
         command = [sys.executable, os.path.abspath(__file__), "--worker", workdir, f"--generator={args.generator}",
                    f"--segmenter={args.segmenter}", f"--layer={args.layer}", f"--class_index={args.class_index}",
-                   f"--batch_size={args.batch_size}", f"--downsample={args.downsample}"]
+                   f"--batch_size={args.batch_size}", f"--downsample={args.downsample}",
+                   f"--ace_region={args.ace_region}"]
         started = time.time()
         subprocess.run(command, check=True, env=env, capture_output=True)
         print(f"  6 steps on {devices} device(s): {time.time() - started:.1f} s (with start-up and compile)")
@@ -112,6 +116,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--downsample", type=int, default=1)
+    parser.add_argument("--ace_region", default="location", choices=["location", "image"],
+                        help="the objective (see --mode=ace --helpfull)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

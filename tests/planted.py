@@ -70,3 +70,29 @@ class PlantedSegmenter:
         thing = (images[..., ::downsample, ::downsample, 0] + 1) / 2
         score = jnp.where(class_index == THING, thing, 1 - thing)
         return score, score > 0.5
+
+
+GLOBAL_UNIT = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class OffGridGenerator(PlantedGenerator):
+    """The planted world drawn off the featuremap's grid, with a unit that acts on the whole image.
+
+    The image is 32x32: each cell of the 8x8 featuremap is a 4x4 pixel block,
+    shifted by one pixel down and right, so a 'thing' cell covers 9 pixels of
+    its own cell and 3 or 1 of its neighbours'; the class's share of a cell
+    takes the values 0, 1/16, 3/16, 1/4, 9/16, 3/4 and 1, and the cell where a
+    thing is most present is not its first touched one. Unit GLOBAL_UNIT
+    draws 'thing' everywhere once its mean over the featuremap passes 1:
+    inserting it at every other cell pays (the image objective), at one
+    cell it does nothing (the location objective).
+    """
+
+    def _render(self, layer):
+        planted = jnp.repeat(jnp.repeat(layer[..., PLANTED_UNIT], 4, axis=1), 4, axis=2)     # (N, 32, 32)
+        planted = jnp.pad(planted, ((0, 0), (1, 0), (1, 0)), mode="edge")[:, :32, :32]
+        local = jax.nn.sigmoid(8.0 * (planted - 1.0))
+        everywhere = jax.nn.sigmoid(8.0 * (jnp.mean(layer[..., GLOBAL_UNIT], axis=(1, 2)) - 1.0))
+        thing = 1 - (1 - local) * (1 - everywhere[:, None, None])
+        return jnp.stack([thing, 1 - thing, jnp.zeros_like(thing)], axis=-1) * 2 - 1

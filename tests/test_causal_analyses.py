@@ -101,6 +101,34 @@ def test_insertion_sweep_equals_a_loop_over_positions(planted_world):
     assert groups["stuff"]["positions"] + groups["thing"]["positions"] == samples * 64
 
 
+SWEEP_SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+import jax, planted
+from jaxdissect.causal import context
+assert jax.device_count() == {devices}
+gen, seg = planted.OffGridGenerator(), planted.PlantedSegmenter()
+got = context.insertion_sweep(gen, gen.init(), seg, None, "layer", [planted.PLANTED_UNIT, 1], np.full(6, 2.0),
+                              planted.THING, 4, 2, chunk=5)
+np.savez({out!r}, **{{k: got[k] for k in ("pixels_added", "score_change", "context", "pixels_before")}})
+"""
+
+
+def test_insertion_sweep_same_on_one_and_eight_devices(tmp_path):
+    import subprocess
+    runs = []
+    for devices in (1, 8):                 # chunks of 5 positions on 1 device, of 8 on 8 devices
+        out = tmp_path / f"sweep{devices}.npz"
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        script = SWEEP_SCRIPT.format(tests=os.path.dirname(__file__), devices=devices, out=str(out))
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True)
+        runs.append(dict(np.load(out)))
+    assert runs[0]["pixels_added"].max() > 0
+    for key in ("pixels_added", "context", "pixels_before"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key])
+    np.testing.assert_allclose(runs[0]["score_change"], runs[1]["score_change"], atol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # Tracing
 
@@ -253,8 +281,11 @@ def test_ace_json_contract(dissection, ace_run):
     assert (record["layer"], record["class"], record["class_index"], record["top_n"]) == ("layer4", "tree", 3, 3)
     alpha = np.asarray(record["alpha"])
     assert alpha.shape == (8,) and np.all((alpha >= 0) & (alpha <= 1))
-    assert record["ranking"] == list(np.argsort(-alpha, kind="stable"))
+    iou = np.load(os.path.join(outdir, "stats", "layer4.npz"))["iqr_iou"][:, 3]
+    assert record["ranking"] == sorted(range(8), key=lambda u: (-alpha[u], -iou[u], u))
     assert record["causal_units"] == record["ranking"][:3]
+    assert record["alpha_zero"] == int(np.sum(alpha == 0))
+    assert record["settings"]["region"] == "location" and record["settings"]["l2"] == 0.005
     with np.load(os.path.join(outdir, "stats", "layer4.npz")) as data:   # 'mean': act_sum / class pixels
         expect = data["act_sum"][:, 3] / data["class_pixels"][3]
     np.testing.assert_allclose(record["value"], expect, rtol=1e-6)
@@ -337,25 +368,51 @@ def test_artifacts_mode(dissection, tmp_path):
     np.save(tmp_path / "real.npy", reference)
     result = run_main("--mode=artifacts", f"--dissection={outdir}", f"--discriminator={root}/disc", "--top_n=2",
                       f"--reference={tmp_path / 'real.npy'}", "--eval_samples=12", "--artifact_random_sets=2",
-                      "--rank_samples=4", "--batch_size=4")
+                      "--rank_samples=4", "--batch_size=4", "--frechet_dims=6")
     assert result.returncode == 0, result.stderr
     with open(os.path.join(outdir, "artifacts", "layer4", "artifacts.json")) as f:
         report = json.load(f)
     rise = np.asarray(report["realism_rise"])
     assert report["source"] == "discriminator" and report["units"] == list(np.argsort(-rise, kind="stable")[:2])
     assert len(report["frechet"]["random"]) == 2 and report["frechet"]["original"] > 0
+    assert report["frechet_dims"] == 6 and report["frechet"]["original_spread"] > 0
     assert report["realism"]["original"] is not None
     assert os.path.isfile(os.path.join(outdir, "artifacts", "layer4", "artifacts.svg"))
 
 
+def test_feature_map_is_orthonormal_and_halves_spread_is_their_std():
+    q = artifacts.feature_map(40, 6)
+    np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-12)
+    np.testing.assert_array_equal(artifacts.feature_map(4, 6), np.eye(4))
+    features = np.random.default_rng(2).standard_normal((30, 3))
+    mu, cov = np.zeros(3), np.eye(3)
+    rng = np.random.default_rng(5)
+    halves = [artifacts.frechet_distance(*artifacts.gaussian(features[rng.permutation(30)[:15]]), mu, cov)
+              for _ in range(4)]
+    assert artifacts.spread_over_halves(features, mu, cov, draws=4, seed=5) == pytest.approx(np.std(halves))
+
+
 def test_bad_inputs_give_one_line_errors(dissection, tmp_path):
-    outdir, _ = dissection
+    outdir, root = dissection
     assert_one_line_error(run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tre"),
                           "unknown class 'tre'", "did you mean tree")
     assert_one_line_error(run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--layer=layer9"),
                           "layer9", "dissected: layer4")
+    assert_one_line_error(run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--ace_probes=65"),
+                          "--ace_probes=65")
     assert_one_line_error(run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=sky"),
                           "ace.json", "--mode=ace")
+    (tmp_path / "units.json").write_text("[0, 2]")
+    units = f"--artifact_units={tmp_path / 'units.json'}"
+    artifacts_mode = ("--mode=artifacts", f"--dissection={outdir}", units, "--frechet_dims=2", "--eval_samples=4")
+    assert_one_line_error(run_main(*artifacts_mode), "--reference is required")          # not a toy-world generator
+    np.save(tmp_path / "small.npy", np.zeros((4, 3, 8, 8), np.float32))
+    assert_one_line_error(run_main(*artifacts_mode, f"--reference={tmp_path / 'small.npy'}"), "--reference=",
+                          "(N, 3, 16, 16)")
+    np.save(tmp_path / "bytes.npy", np.full((4, 3, 16, 16), 255.0, np.float32))
+    assert_one_line_error(run_main(*artifacts_mode, f"--reference={tmp_path / 'bytes.npy'}"), "--reference=",
+                          "expected images in [-1, 1]")
+    assert_one_line_error(run_main(*artifacts_mode[:-1], "--eval_samples=3"), "--eval_samples=3")
     (tmp_path / "units.json").write_text("[0, 99]")
     assert_one_line_error(run_main("--mode=artifacts", f"--dissection={outdir}",
                                    f"--artifact_units={tmp_path / 'units.json'}"), "units.json", "[0, 8)")

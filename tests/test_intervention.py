@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdissect.causal import ace, search
+from jaxdissect.causal import ace, location, search
 from jaxdissect.intervention import Intervention, ablate, identity, insert, unit_indicator
 from jaxdissect.models.proggan import ProGAN
 
@@ -161,12 +161,133 @@ def test_ace_equals_brute_force(planted_world):
 def test_alpha_search_recovers_the_planted_unit(planted_world, tmp_path):
     gen, params, seg = planted_world
     settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=40, batch_size=8,
-                                          learning_rate=0.05, l2=0.01, checkpoint_every=20)
+                                          learning_rate=0.05, l2=0.01, checkpoint_every=20, region="image")
     alpha = search.search(gen, params, seg, None, settings, np.full(planted.UNITS, 2.0),
                           search.initial_alpha(np.zeros(planted.UNITS), "constant"), str(tmp_path))
-    assert search.ranking(alpha)[0] == planted.PLANTED_UNIT
+    assert search.ranking(alpha, np.zeros(planted.UNITS))[0] == planted.PLANTED_UNIT
     assert alpha[planted.PLANTED_UNIT] > 0.9
     assert np.all(np.delete(alpha, planted.PLANTED_UNIT) < 0.45)
+
+
+# ---------------------------------------------------------------------------
+# The location objective, on a world drawn off the featuremap's grid
+
+@pytest.fixture(scope="module")
+def off_grid():
+    gen, seg = planted.OffGridGenerator(), planted.PlantedSegmenter()
+    return gen, gen.init(), seg
+
+
+def cell_means(maps):
+    """(8, 8) means of the 4x4 pixel blocks of a (32, 32) map, in float64."""
+    return np.asarray(maps, np.float64).reshape(8, 4, 8, 4).mean(axis=(1, 3))
+
+
+def brute_force_location_effect(gen, params, seg, alpha, value, r, probes):
+    """(objective, present cells, candidate cells) of the location objective, one sample and cell at a time."""
+    def scores(featuremap):
+        return cell_means(seg.class_score(None, gen.f(params, jnp.asarray(featuremap[None]), "layer"),
+                                          planted.THING)[0][0])
+    total, present, candidates = 0.0, [], []
+    for n in range(len(r)):
+        base = scores(r[n])
+        has_class = bool((np.asarray(seg.class_score(None, gen.f(params, jnp.asarray(r[n:n + 1]), "layer"),
+                                                     planted.THING)[1]) > 0).any())
+        p = int(np.argmax(base))                       # flat index, the first of equal maxima
+        rises = []
+        for q in probes[n]:
+            edited = r[n].copy()
+            edited.reshape(64, -1)[q] = value           # every unit inserted at cell q
+            rises.append(scores(edited).ravel()[q] - base.ravel()[q])
+        q = int(probes[n][int(np.argmax(rises))])
+        ablated, inserted = r[n].copy(), r[n].copy()
+        ablated.reshape(64, -1)[p] *= 1 - alpha
+        inserted.reshape(64, -1)[q] = (1 - alpha) * inserted.reshape(64, -1)[q] + alpha * value
+        total += scores(inserted).ravel()[q] - has_class * scores(ablated).ravel()[p]
+        present.append(p)
+        candidates.append(q)
+    return total / len(r), present, candidates
+
+
+def test_location_objective_equals_brute_force_off_the_grid(off_grid):
+    gen, params, seg = off_grid
+    index = jnp.arange(6)
+    z = jax.random.normal(jax.random.PRNGKey(4), (6, planted.LATENT))
+    r = np.asarray(gen.h(params, z, ("layer",))["layer"])
+    alpha = np.array([0.2, 0.3, 0.0, 0.8, 0.5, 0.6], np.float32)
+    value = np.linspace(1.0, 2.5, planted.UNITS).astype(np.float32)
+    presence = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (8, 8)), jnp.float32)
+    got = location.location_effect(gen, params, seg, None, "layer", jnp.asarray(alpha), jnp.asarray(value),
+                                   planted.THING, z, index, presence, seed=7, probes=5)
+    probes = np.asarray(location.draw_probes(7, index, location.probe_weights(presence), 5))
+    expect, present, candidates = brute_force_location_effect(gen, params, seg, alpha, value, r, probes)
+    np.testing.assert_allclose(float(got["ace"]), expect, rtol=1e-5)
+    # Off the grid, the cell where the class is most present is not the first cell it touches.
+    images = np.asarray(gen.f(params, jnp.asarray(r), "layer"))
+    first_touched = [int(np.flatnonzero(cell_means(images[n, ..., 0] > 0))[0]) for n in range(len(r))]
+    assert any(p != t for p, t in zip(present, first_touched))
+    assert len(set(candidates)) > 1 and float(got["present"]) == 1.0
+
+
+def test_probe_draws_are_distinct_and_follow_the_weights():
+    weights = jnp.asarray(np.random.default_rng(1).uniform(0.1, 1.0, (4, 4)), jnp.float32)
+    probes = np.asarray(location.draw_probes(3, jnp.arange(200), weights, 5))
+    assert all(len(set(row)) == 5 for row in probes)
+    first = np.asarray(location.draw_probes(3, jnp.arange(40000), weights, 1))[:, 0]
+    share = np.bincount(first, minlength=16) / len(first)
+    expect = np.asarray(weights).ravel() / float(np.sum(weights))
+    np.testing.assert_allclose(share, expect, atol=0.01)          # 4 standard errors at 40,000 draws
+
+
+def location_and_image_alphas(gen, params, seg, workdir, steps=40, **kw):
+    alphas = {}
+    for region in ("location", "image"):
+        settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=steps, batch_size=8,
+                                              learning_rate=0.05, region=region, prior_samples=64, **kw)
+        alphas[region] = search.search(gen, params, seg, None, settings, np.full(planted.UNITS, 2.0),
+                                       np.full(planted.UNITS, 0.5), os.path.join(workdir, region))
+    return alphas
+
+
+def test_location_search_finds_the_drawing_unit_where_the_image_objective_takes_the_global_one(off_grid, tmp_path):
+    gen, params, seg = off_grid
+    alphas = location_and_image_alphas(gen, params, seg, str(tmp_path))
+    location_alpha, image_alpha = alphas["location"], alphas["image"]
+    assert search.ranking(location_alpha, np.zeros(planted.UNITS))[0] == planted.PLANTED_UNIT
+    assert location_alpha[planted.PLANTED_UNIT] > 0.9 and np.all(np.delete(location_alpha, planted.PLANTED_UNIT) < 0.2)
+    assert image_alpha[planted.GLOBAL_UNIT] > 0.9                 # it turns the whole image into the class
+
+
+class Killed(Exception):
+    pass
+
+
+def test_search_killed_and_resumed_equals_an_uninterrupted_run(off_grid, tmp_path, monkeypatch):
+    gen, params, seg = off_grid
+    settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=8, batch_size=8,
+                                          learning_rate=0.02, prior_samples=64, checkpoint_every=3)
+    run = lambda workdir: search.search(gen, params, seg, None, settings, np.full(planted.UNITS, 2.0),
+                                        np.linspace(0.2, 0.7, planted.UNITS), str(workdir))
+    whole = run(tmp_path / "whole")
+    save = search.Checkpoints.save
+
+    def save_then_die(self, step, state, wait=True):
+        save(self, step, state, wait)
+        if step == 3:
+            raise Killed()
+    monkeypatch.setattr(search.Checkpoints, "save", save_then_die)
+    with pytest.raises(Killed):
+        run(tmp_path / "killed")
+    monkeypatch.setattr(search.Checkpoints, "save", save)
+    np.testing.assert_array_equal(run(tmp_path / "killed"), whole)
+    assert 0 < whole.min() and whole.max() < 1                    # every unit still inside the clamp
+
+
+def test_ranking_breaks_ties_by_iou_then_unit():
+    alpha = np.array([0.0, 0.5, 0.0, 0.5, 0.0, 1.0, 0.0])
+    iou = np.array([0.1, 0.2, 0.3, 0.2, 0.1, 0.0, 0.3])
+    expect = sorted(range(len(alpha)), key=lambda u: (-alpha[u], -iou[u], u))
+    assert list(search.ranking(alpha, iou)) == expect == [5, 1, 3, 2, 6, 0, 4]
 
 
 DEVICE_SCRIPT = """
@@ -175,25 +296,29 @@ sys.path.insert(0, {tests!r})
 import jax, planted
 from jaxdissect.causal import search
 assert jax.device_count() == {devices}
-gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
-settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
-                                      learning_rate=0.05, l2=0.01)
-alpha = search.search(gen, gen.init(), seg, None, settings, np.full(planted.UNITS, 2.0),
-                      np.linspace(0.2, 0.7, planted.UNITS), {workdir!r})
-np.save({out!r}, alpha)
+gen, seg = planted.OffGridGenerator(), planted.PlantedSegmenter()
+alphas = {{}}
+for region in ("location", "image"):
+    settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
+                                          learning_rate=0.05, region=region, prior_samples=64)
+    alphas[region] = search.search(gen, gen.init(), seg, None, settings, np.full(planted.UNITS, 2.0),
+                                   np.linspace(0.2, 0.7, planted.UNITS), {workdir!r} + region)
+np.savez({out!r}, **alphas)
 """
 
 
 def test_alpha_search_same_on_one_and_eight_devices(tmp_path):
     alphas = []
     for devices in (1, 8):
-        out = tmp_path / f"alpha{devices}.npy"
+        out = tmp_path / f"alpha{devices}.npz"
         script = DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), devices=devices,
                                       workdir=str(tmp_path / f"w{devices}"), out=str(out))
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
         subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True)
-        alphas.append(np.load(out))
-    np.testing.assert_allclose(alphas[0], alphas[1], atol=1e-6)
+        alphas.append(dict(np.load(out)))
+    for region in ("location", "image"):
+        assert np.ptp(alphas[0][region]) > 0.1                     # the search moved alpha
+        np.testing.assert_allclose(alphas[0][region], alphas[1][region], atol=1e-6)
 
 
 def test_intervention_is_a_pytree():

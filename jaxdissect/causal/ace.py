@@ -1,4 +1,5 @@
-"""The average causal effect (ACE) of a unit set on a class, differentiable in alpha.
+"""The average causal effect (ACE) of a unit set on a class over whole images, differentiable in alpha
+(the alpha search's --ace_region=image objective; jaxdissect.causal.location has the reference's).
 
 For a batch of samples, with r = h(z) at `layer` and c the class:
 - present positions P_c: featuremap cells where c covers any pixel in the

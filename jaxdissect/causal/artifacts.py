@@ -3,7 +3,11 @@
 Image quality is a Fréchet distance between Gaussians fitted to features of
 generated images and of real reference images (the paper used Inception
 features, FID; here the segmenter's encoder: its last stage, averaged over
-positions). A unit set is judged against random sets of the same size, each
+positions, then mapped to `dims` dimensions by a fixed random map with
+orthonormal columns). A covariance estimated from fewer samples than
+dimensions is singular and the distance biased, so the mode asks for at
+least 2 samples per dimension, and reports the distance's spread over random
+halves of the generated samples, the size of its sampling noise. A unit set is judged against random sets of the same size, each
 ablated at every position of the layer, all on the same latents. When a
 discriminator is at hand it also ranks units automatically (by how much
 ablating each alone raises its mean realism logit) and scores each set.
@@ -133,19 +137,39 @@ def image_features(segmenter, s_params, images, batch_size):
                            for i in range(0, len(images), batch_size)])
 
 
+def feature_map(dims, out_dims, seed=0):
+    """(dims, out_dims) a fixed random map with orthonormal columns (the identity if out_dims >= dims)."""
+    if out_dims >= dims:
+        return np.eye(dims)
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dims, out_dims)))
+    return q
+
+
+def spread_over_halves(features, mu_ref, cov_ref, draws=10, seed=0):
+    """Standard deviation of the Fréchet distance of random halves of `features` (N, D) to the reference."""
+    rng = np.random.default_rng(seed)
+    half = len(features) // 2
+    return float(np.std([frechet_distance(*gaussian(features[rng.permutation(len(features))[:half]]), mu_ref,
+                                          cov_ref) for _ in range(draws)]))
+
+
 def compare_unit_sets(generator, g_params, segmenter, s_params, layer, unit_sets, reference, seed, samples,
-                      batch_size, discriminator=None, d_params=None):
+                      batch_size, dims, discriminator=None, d_params=None):
     """Fréchet distance to the reference features (and mean realism logit) with each of `unit_sets` ablated.
 
-    `unit_sets`: {name: (U,) indicator}; `reference`: (M, D) real features.
-    Returns {name: {'frechet', 'realism'}}.
+    `unit_sets`: {name: (U,) indicator}; `reference`: (M, D) real features,
+    compared in `dims` dimensions (see module doc). Returns {name:
+    {'frechet', 'frechet_spread' (over random halves), 'realism'}}.
     """
-    mu_ref, cov_ref = gaussian(reference)
+    project = feature_map(reference.shape[1], dims)
+    mu_ref, cov_ref = gaussian(reference @ project)
     results = {}
     progress = Progress("image quality per unit set", len(unit_sets), unit="sets")
     for i, (name, alpha) in enumerate(unit_sets.items()):
         features, realism = generated_scores(generator, g_params, layer, alpha, seed, samples, batch_size,
                                              segmenter, s_params, discriminator, d_params)
-        results[name] = {"frechet": frechet_distance(*gaussian(features), mu_ref, cov_ref), "realism": realism}
+        features = features @ project
+        results[name] = {"frechet": frechet_distance(*gaussian(features), mu_ref, cov_ref),
+                         "frechet_spread": spread_over_halves(features, mu_ref, cov_ref), "realism": realism}
         progress.update(i + 1)
     return results

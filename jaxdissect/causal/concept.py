@@ -4,7 +4,8 @@
 
     layer, class, class_index   where and what was searched
     alpha        (U,) the search's final unit weights in [0, 1]
-    ranking      (U,) units by decreasing alpha
+    alpha_zero   how many of them are exactly 0 (their order in the ranking is only the tie-break)
+    ranking      (U,) units by decreasing alpha, then decreasing IoU with the class, then unit index
     top_n, causal_units   n and the first n units of the ranking
     value        (U,) the value each unit of the layer is set to when inserted
     settings     everything that produced it (search, insertion value, models)
@@ -76,7 +77,8 @@ def ace_record(layer, class_name, class_index, alpha, ranking, top_n, value, set
     """The ace.json content (see module doc)."""
     ranking = [int(u) for u in ranking]
     return {"layer": layer, "class": class_name, "class_index": int(class_index),
-            "alpha": [round(float(a), 6) for a in alpha], "ranking": ranking, "top_n": int(top_n),
+            "alpha": [round(float(a), 6) for a in alpha], "alpha_zero": int(np.sum(np.asarray(alpha) == 0)),
+            "ranking": ranking, "top_n": int(top_n),
             "causal_units": ranking[:top_n], "value": [float(v) for v in value],
             "settings": settings, "loss_curve": loss_curve}
 

@@ -38,9 +38,12 @@ flags.DEFINE_float("visible_fraction", 0.005, "trace: an insertion is visible wh
 flags.DEFINE_string("artifact_units", None, "artifacts: the units to ablate: a JSON list or .npy of unit indices.")
 flags.DEFINE_string("discriminator", None, "artifacts: a discriminator folder (kind proggan_discriminator); "
                     "without --artifact_units its top --top_n units by realism gain are ablated.")
-flags.DEFINE_string("reference", "toyworld", "artifacts: the real images: 'toyworld' (scenes rendered at the "
-                    "generator's resolution; for toy-world generators) or an .npy (N, 3, R, R) or generate-mode "
-                    ".npz ('image') of images in [-1, 1].")
+flags.DEFINE_string("reference", None, "artifacts: the real images: an .npy (N, 3, R, R) or generate-mode .npz "
+                    "('image') of images in [-1, 1] at the generator's resolution R, or 'toyworld' (scenes rendered "
+                    "at R; the default, and only allowed, for generators trained on the toy world).")
+flags.DEFINE_integer("frechet_dims", 64, "artifacts: dimensions of the features the Fréchet distance compares (the "
+                     "encoder's pooled last stage through a fixed random orthonormal map); --eval_samples must be at "
+                     "least twice this.")
 flags.DEFINE_integer("artifact_random_sets", 20, "artifacts: random unit sets of the same size (the baseline).")
 flags.DEFINE_integer("rank_samples", 64, "artifacts: samples per unit when ranking units by the discriminator.")
 
@@ -258,12 +261,28 @@ def read_unit_file(path, n_units):
     return units
 
 
+def trained_on_toy_world(folder):
+    """Whether the generator in `folder` records that it was trained on the toy world."""
+    try:
+        with open(os.path.join(folder, "meta.json")) as f:
+            return json.load(f).get("source", {}).get("trained_on") == "jaxdissect toy world"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def reference_features(study, samples):
     from jaxdissect.causal import artifacts
-    if FLAGS.reference == "toyworld":
-        return artifacts.toy_world_features(study.segmenter, study.s_params, FLAGS.eval_seed, samples,
-                                            study.generator.resolution, FLAGS.batch_size)
-    path = FLAGS.reference
+    resolution = study.generator.resolution
+    path = FLAGS.reference or ("toyworld" if trained_on_toy_world(FLAGS.generator) else None)
+    if path is None:
+        raise UserError(f"--reference is required: {FLAGS.generator} is not a toy-world generator, so real images "
+                        "of its own world are needed (an .npy or .npz of images)")
+    if path == "toyworld":
+        if not trained_on_toy_world(FLAGS.generator):
+            raise UserError(f"--reference=toyworld: {FLAGS.generator} was not trained on the toy world; give real "
+                            "images of its own world")
+        return artifacts.toy_world_features(study.segmenter, study.s_params, FLAGS.eval_seed, samples, resolution,
+                                            FLAGS.batch_size)
     if not os.path.isfile(path):
         raise UserError(f"--reference={path}: no such file (or use 'toyworld')")
     try:
@@ -271,8 +290,12 @@ def reference_features(study, samples):
         images = images["image"] if path.endswith(".npz") else images
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"--reference={path}: not an .npy or generate-mode .npz of images ({e})") from None
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise UserError(f"--reference={path}: images of shape {images.shape}, expected (N, 3, R, R)")
+    if images.ndim != 4 or images.shape[1:] != (3, resolution, resolution):
+        raise UserError(f"--reference={path}: images of shape {images.shape}, expected (N, 3, {resolution}, "
+                        f"{resolution}) for this generator")
+    low, high = float(images.min()), float(images.max())
+    if low < -1.001 or high > 1.001:
+        raise UserError(f"--reference={path}: values in [{low:.3g}, {high:.3g}], expected images in [-1, 1]")
     return artifacts.image_features(study.segmenter, study.s_params, np.transpose(images, (0, 2, 3, 1)),
                                     FLAGS.batch_size)
 
@@ -314,7 +337,8 @@ def before_after_grid(study, units, n_units, shown=6):
 @register("artifacts", "Artifact units: image quality (Fréchet distance, discriminator) with a unit set ablated.")
 def run_artifacts():
     from jaxdissect.causal import ablation, artifacts
-    check_flags(("eval_samples", FLAGS.eval_samples >= 2), ("artifact_random_sets", FLAGS.artifact_random_sets >= 1),
+    check_flags(("frechet_dims", FLAGS.frechet_dims >= 1), ("eval_samples", FLAGS.eval_samples >= 2 * FLAGS.frechet_dims),
+                ("artifact_random_sets", FLAGS.artifact_random_sets >= 1),
                 ("rank_samples", FLAGS.rank_samples >= 1), ("batch_size", FLAGS.batch_size >= 1))
     if not FLAGS.artifact_units and not FLAGS.discriminator:
         raise UserError("--mode=artifacts needs --artifact_units=FILE or --discriminator=DIR")
@@ -325,7 +349,7 @@ def run_artifacts():
     if FLAGS.discriminator:
         discriminator, d_params = artifacts.load_discriminator(FLAGS.discriminator, study.generator.resolution)
     result = {"layer": study.layer, "samples": FLAGS.eval_samples, "seed": FLAGS.eval_seed,
-              "reference": FLAGS.reference}
+              "reference": FLAGS.reference or "toyworld", "frechet_dims": FLAGS.frechet_dims}
     if FLAGS.artifact_units:
         units = read_unit_file(FLAGS.artifact_units, n_units)
         result["source"] = os.path.abspath(FLAGS.artifact_units)
@@ -344,7 +368,7 @@ def run_artifacts():
     reference = reference_features(study, FLAGS.eval_samples)
     scores = artifacts.compare_unit_sets(study.generator, study.g_params, study.segmenter, study.s_params,
                                          study.layer, sets, reference, FLAGS.eval_seed, FLAGS.eval_samples,
-                                         FLAGS.batch_size, discriminator, d_params)
+                                         FLAGS.batch_size, FLAGS.frechet_dims, discriminator, d_params)
     for key in ("frechet", "realism"):
         randoms = [scores[name][key] for name in sets if name.startswith("random")]
         have = randoms[0] is not None
@@ -352,8 +376,10 @@ def run_artifacts():
                        "random_mean": float(np.mean(randoms)) if have else None,
                        "random_std": float(np.std(randoms)) if have else None,
                        "random": randoms}
+    result["frechet"].update({f"{name}_spread": scores[name]["frechet_spread"] for name in ("original", "ablated")})
     save_outputs(outdir, "artifacts", result, artifacts_figure(result, study.layer),
                  before_after_grid(study, units, n_units))
     f = result["frechet"]
-    print(f"Fréchet distance: original {f['original']:.4g}, {len(units)} units ablated {f['ablated']:.4g}, "
-          f"random sets {f['random_mean']:.4g} ± {f['random_std']:.4g}")
+    print(f"Fréchet distance ({FLAGS.frechet_dims} dimensions): original {f['original']:.4g} "
+          f"(± {f['original_spread']:.2g} over random halves), {len(units)} units ablated {f['ablated']:.4g} "
+          f"(± {f['ablated_spread']:.2g}), random sets {f['random_mean']:.4g} ± {f['random_std']:.4g}")

@@ -8,7 +8,8 @@ units and their insertion values; the format is described in
 jaxdissect.causal.concept), alpha.npy, ace.svg (alpha sorted, loss curve),
 run.json, and the search's checkpoints and metrics.jsonl, so a killed run
 resumes where it stopped. The generator, segmenter and --downsample default
-to the dissection's.
+to the dissection's. --ace_region picks the objective: 'location' (the
+reference's, jaxdissect.causal.location) or 'image' (jaxdissect.causal.ace).
 
 Also the helpers every causal mode shares (`open_study`, `ace_path`).
 """
@@ -30,7 +31,17 @@ flags.DEFINE_string("layer", None, "ace/ablate/insert/trace/artifacts: the gener
 flags.DEFINE_integer("ace_steps", 300, "ace: Adam steps of the alpha search.")
 flags.DEFINE_integer("ace_batch_size", 16, "ace: samples per step (a fresh batch each step).")
 flags.DEFINE_float("ace_lr", 0.01, "ace: Adam learning rate (the reference's 0.01).")
-flags.DEFINE_float("ace_l2", 0.01, "ace: weight of the L2 penalty on alpha (smaller: larger causal sets).")
+flags.DEFINE_float("ace_l2", 0.005, "ace: weight of the L2 penalty on alpha, per sample (the reference's 0.005; "
+                   "smaller: larger causal sets).")
+flags.DEFINE_enum("ace_region", "location", ["location", "image"],
+                  "ace: the objective. 'location' (the reference's): per sample, ablate at the cell where the class "
+                  "is most present and insert at one candidate cell, each scored at its cell. 'image': ablate at "
+                  "every cell the class touches and insert at every other cell at once, scored over those pixels "
+                  "(its optimum turns much of the image into the class).")
+flags.DEFINE_integer("ace_probes", 5, "ace, --ace_region=location: cells probed per sample to pick its candidate "
+                     "cell (drawn where the class usually is).")
+flags.DEFINE_integer("ace_prior_samples", 512, "ace, --ace_region=location: samples measuring where the class "
+                     "usually is (the probe cells' weights).")
 flags.DEFINE_integer("ace_seed", 2, "ace: latent seed of the search's samples (keep it apart from the "
                      "dissection's --seed and the analyses' --eval_seed).")
 flags.DEFINE_enum("alpha_init", "iou", ["iou", "constant"],
@@ -156,6 +167,15 @@ def ace_figure(record):
     return charts.stack(panels)
 
 
+def featuremap_cells(study):
+    """H * W of the study's layer."""
+    import jax
+    import jax.numpy as jnp
+    z = jax.ShapeDtypeStruct((1, study.generator.latent_size), jnp.float32)
+    shape = jax.eval_shape(lambda z: study.generator.h(study.g_params, z, (study.layer,))[study.layer], z).shape
+    return shape[1] * shape[2]
+
+
 @register("ace", "Find a class's causal units (the alpha search) from a dissection; writes ace.json.")
 def run_ace():
     import jax
@@ -166,15 +186,19 @@ def run_ace():
     study = open_study()
     units = study.dissection.matrix(study.layer, "iou").shape[0]
     check_flags(("ace_steps", FLAGS.ace_steps >= 1), ("ace_lr", FLAGS.ace_lr > 0), ("ace_l2", FLAGS.ace_l2 >= 0),
-                ("ace_batch_size", FLAGS.ace_batch_size >= 1 and FLAGS.ace_batch_size % parallel.batch_multiple() == 0))
+                ("ace_batch_size", FLAGS.ace_batch_size >= 1 and FLAGS.ace_batch_size % parallel.batch_multiple() == 0),
+                ("ace_prior_samples", FLAGS.ace_prior_samples >= 1),
+                ("ace_probes", 1 <= FLAGS.ace_probes <= featuremap_cells(study)))
     n = top_n(units)
     outdir = output_dir("ace", study.class_name)
     value = concept.insertion_values(study.dissection, study.layer, study.class_index, FLAGS.insert_value,
                                      FLAGS.insert_quantile)
-    alpha0 = search.initial_alpha(study.dissection.matrix(study.layer, "iou")[:, study.class_index], FLAGS.alpha_init)
+    iou = study.dissection.matrix(study.layer, "iou")[:, study.class_index]
+    alpha0 = search.initial_alpha(iou, FLAGS.alpha_init)
     settings = search.AlphaSearchSettings(
         layer=study.layer, class_index=study.class_index, steps=FLAGS.ace_steps, batch_size=FLAGS.ace_batch_size,
-        learning_rate=FLAGS.ace_lr, l2=FLAGS.ace_l2, seed=FLAGS.ace_seed, downsample=study.downsample)
+        learning_rate=FLAGS.ace_lr, l2=FLAGS.ace_l2, seed=FLAGS.ace_seed, downsample=study.downsample,
+        region=FLAGS.ace_region, probes=FLAGS.ace_probes, prior_samples=FLAGS.ace_prior_samples)
     recorded = {**dataclasses.asdict(settings), "alpha_init": FLAGS.alpha_init, "insert_value": FLAGS.insert_value,
                 "insert_quantile": FLAGS.insert_quantile, "dissection": os.path.abspath(dissection_dir()),
                 "generator": FLAGS.generator, "segmenter": FLAGS.segmenter, "segdiv": FLAGS.segdiv}
@@ -184,7 +208,7 @@ def run_ace():
                               "segmenter": folder_id(FLAGS.segmenter)}, "alpha_search")
     alpha = search.search(study.generator, study.g_params, study.segmenter, study.s_params, settings, value, alpha0,
                           outdir)
-    record = concept.ace_record(study.layer, study.class_name, study.class_index, alpha, search.ranking(alpha),
+    record = concept.ace_record(study.layer, study.class_name, study.class_index, alpha, search.ranking(alpha, iou),
                                 n, value, recorded, concept.read_loss_curve(outdir))
     if jax.process_index() == 0:
         concept.write_ace(outdir, record)
@@ -193,5 +217,6 @@ def run_ace():
     last = record["loss_curve"][-1] if record["loss_curve"] else {}
     print(f"{study.class_name} at {study.layer}: top {n} causal units "
           f"{record['causal_units']} (alpha {alpha[record['causal_units'][0]]:.3f} .. "
-          f"{alpha[record['causal_units'][-1]]:.3f}); last ACE {last.get('ace', float('nan')):.4f}")
+          f"{alpha[record['causal_units'][-1]]:.3f}); {record['alpha_zero']} of {units} alpha are 0; "
+          f"last ACE {last.get('ace', float('nan')):.4f}")
     print(f"wrote {os.path.join(outdir, 'ace.json')}")
