@@ -204,7 +204,9 @@ def _raw_histogram(featuremap, valid, lo, hi, bins):
     units = featuremap.shape[-1]
     index = jnp.arange(units, dtype=jnp.int32) * bins + bin_index(featuremap, lo, hi, bins)
     index = jnp.where(valid[:, None, None, None], index, units * bins)
-    return jnp.zeros(units * bins + 1, jnp.int32).at[index.reshape(-1)].add(1)[:-1].reshape(units, bins)
+    index = jnp.moveaxis(index, -1, 0)                       # unit-major: each unit's counts stay in cache
+    counts = jnp.zeros(units * bins + 1, jnp.int32).at[index.reshape(-1)].add(1, mode="promise_in_bounds")
+    return counts[:-1].reshape(units, bins)
 
 
 def _joint_increment(state, featuremap, seg, sample_index, label_category):
