@@ -104,21 +104,26 @@ def location_effect(generator, g_params, segmenter, s_params, layer, alpha, valu
 
 @functools.lru_cache(maxsize=None)
 def _presence_sum_fn(generator, segmenter, layer, downsample):
-    def fn(g_params, s_params, seed, index, class_index):
+    """jit (total, g_params, s_params, seed, index, class_index) -> total + the class's share of each cell,
+    summed over samples `index`. The running total is an argument, so that every operation of the loop
+    is one compiled program (eager operations between programs on a multi-process mesh can deadlock)."""
+    def fn(total, g_params, s_params, seed, index, class_index):
         z = parallel.latents_at(seed, index, generator.latent_size)
         r = generator.h(g_params, z, (layer,))[layer]
         _, pixels = segmenter.class_score(s_params, generator.f(g_params, r, layer), class_index, downsample)
         shares = cell_fraction(pixels, r.shape[1:3])
-        return jnp.sum(jnp.where((index >= 0)[:, None, None], shares, 0.0), axis=0)
-    return jax.jit(fn)
+        return total + jnp.sum(jnp.where((index >= 0)[:, None, None], shares, 0.0), axis=0)
+    return jax.jit(fn, donate_argnums=0)
 
 
 def class_presence(generator, g_params, segmenter, s_params, layer, class_index, seed, samples, batch_size,
                    downsample=1):
-    """(H, W) the class's mean share of each featuremap cell over samples [0, samples) of `seed`."""
-    total = _presence_sum_fn(generator, segmenter, layer, downsample)
-    acc = 0.0
+    """(H, W) the class's mean share of each featuremap cell over samples [0, samples) of `seed`, as numpy."""
+    add = _presence_sum_fn(generator, segmenter, layer, downsample)
+    z = jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32)
+    cells = jax.eval_shape(lambda z: generator.h(g_params, z, (layer,))[layer], z).shape[1:3]
+    total = jax.device_put(jnp.zeros(cells, jnp.float32), parallel.replicated())
     for start in range(0, samples, batch_size):
-        index = parallel.global_indices(start, batch_size, samples)
-        acc = acc + total(g_params, s_params, seed, index, class_index)
-    return acc / samples
+        total = add(total, g_params, s_params, seed, parallel.global_indices(start, batch_size, samples),
+                    class_index)
+    return parallel.to_host(total) / samples

@@ -107,10 +107,10 @@ def class_presence(generator, g_params, segmenter, s_params, settings):
     presence = location.class_presence(generator, g_params, segmenter, s_params, settings.layer,
                                        settings.class_index, settings.seed, settings.prior_samples,
                                        settings.batch_size, settings.downsample)
-    if not float(jnp.sum(presence)) > 0:
+    if not float(presence.sum()) > 0:
         raise UserError(f"the class never appears in the {settings.prior_samples} samples the search draws its "
                         "candidate cells from; raise --ace_prior_samples or pick another class")
-    return presence
+    return jax.device_put(jnp.asarray(presence), parallel.replicated())
 
 
 def search(generator, g_params, segmenter, s_params, settings, value, alpha0, workdir):
