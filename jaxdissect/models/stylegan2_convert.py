@@ -14,7 +14,6 @@ rosinality keys are first renamed to NVIDIA's (fixtures README section 5,
 the key table), then one strict mapping checks every key and shape and
 builds the Flax parameters.
 """
-import hashlib
 import json
 import os
 import pickle
@@ -28,6 +27,7 @@ import numpy as np
 from jaxdissect.checkpoint import save_model
 from jaxdissect.errors import UserError
 from jaxdissect.io import nvidia_pickle, pth
+from jaxdissect.models.proggan_convert import file_sha256
 from jaxdissect.models.stylegan2 import StyleGAN2
 
 FIR = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 64  # both codes' filter, before its gain
@@ -273,14 +273,6 @@ def average_w(model, params):
     """The mean w of AVERAGE_SAMPLES latents drawn with numpy's default_rng(AVERAGE_SEED)."""
     z = np.random.default_rng(AVERAGE_SEED).standard_normal((AVERAGE_SAMPLES, model.z_dim)).astype(np.float32)
     return np.asarray(jax.jit(model.mapping)(params, z), np.float32).mean(axis=0)
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert(src, dst, truncation_psi=1.0, noise="random"):
