@@ -147,36 +147,44 @@ def _smallest_uint(largest):
     return next(dtype for dtype in (jnp.uint8, jnp.uint16, jnp.uint32) if largest <= jnp.iinfo(dtype).max)
 
 
-def _count_binned(featuremap, offset, lo, hi, bins, slots):
+def _count_binned(featuremap, offset, set_offset, lo, hi, bins, slots):
     """Counts of (unit, slot, bin) over a batch, as a flat (U * slots * bins + 1,) int32 vector.
 
     The featuremap (n, H, W, U) is upsampled (bilinear) to the size of
     `offset` (n, h, w, K), which holds slot * bins for each pixel and label
     channel, or -1 where nothing must count; those entries go to the extra
-    last position.
+    last position. `set_offset` (n,) adds one more entry per pixel of a
+    sample, at its slot * bins, where it is >= 0.
 
     The bins of the whole batch are computed first, in one fused loop, and
     stored in the narrowest integer type (for 256 bins a quarter of the
     memory traffic of int32); a scan then counts them a chunk of samples at
-    a time.
+    a time. A chunk without any `set_offset` skips that entry (its scatter
+    is one entry per pixel and channel shorter).
     """
     n, _, _, units = featuremap.shape
     size, channels = offset.shape[1:3], offset.shape[3]
     unused = units * slots * bins
     unit_offset = jnp.arange(units, dtype=jnp.int32) * (slots * bins)
-    rows = _chunk_rows(n, size[0] * size[1] * units * channels)
+    rows = _chunk_rows(n, size[0] * size[1] * units * (channels + 1))
 
     def chunk_bins(maps):                                                          # (r, H, W, U) -> (h, w, r, U)
         return bin_index(resize_bilinear_pixel_major(maps, size), lo, hi, bins).astype(_smallest_uint(bins - 1))
 
-    def add_chunk(counts, chunk):
-        b, offsets = chunk
+    def scatter(counts, b, offsets):
         offsets = jnp.transpose(offsets, (1, 2, 0, 3))[..., None, :]              # (h, w, r, 1, K)
         index = jnp.where(offsets >= 0, unit_offset[:, None] + offsets + b[..., None].astype(jnp.int32), unused)
-        return counts.at[index.reshape(-1)].add(1, mode="promise_in_bounds"), None
+        return counts.at[index.reshape(-1)].add(1, mode="promise_in_bounds")
+
+    def add_chunk(counts, chunk):
+        b, offsets, sets = chunk
+        with_sets = jnp.concatenate([offsets, jnp.broadcast_to(sets[:, None, None, None], offsets.shape[:3] + (1,))],
+                                    axis=-1)
+        return jax.lax.cond(jnp.any(sets >= 0), lambda c: scatter(c, b, with_sets), lambda c: scatter(c, b, offsets),
+                            counts), None
 
     chunks = (jax.vmap(chunk_bins)(featuremap.reshape((n // rows, rows) + featuremap.shape[1:])),
-              offset.reshape((n // rows, rows) + offset.shape[1:]))
+              offset.reshape((n // rows, rows) + offset.shape[1:]), set_offset.reshape(n // rows, rows))
     counts, _ = jax.lax.scan(add_chunk, jnp.zeros(unused + 1, jnp.int32), chunks)
     return counts
 
@@ -221,9 +229,10 @@ def _joint_increment(state, featuremap, seg, sample_index, label_category):
     channel 0 labels every pixel exactly once (0 included), so its counts,
     summed over classes, are the marginal histogram; the other channels are
     scattered into a second block of class slots and added to the joint
-    afterwards. With several label categories, every pixel also counts once
-    in the block of its image's category set, from which the histograms of
-    the images showing each category follow.
+    afterwards. With several label categories, every pixel of an image that
+    does not show them all also counts once in the block of its image's
+    category set; the images showing every category are the rest of the
+    marginal; the histograms of the images showing each category follow.
 
     The per-class activation sums use sum(up(r) * onehot) = sum(r * up^T(onehot)):
     the class maps are pulled back to the featuremap's resolution (the
@@ -245,18 +254,25 @@ def _joint_increment(state, featuremap, seg, sample_index, label_category):
     class_counts = _class_counts(labels, counted, classes)                        # (n, C)
     shown_set = _shown_category_set(class_counts, label_category, categories)     # (n,)
     slots = classes * class_blocks
+    set_offset = jnp.full(labels.shape[0], -1, jnp.int32)
     if categories > 1:
-        set_offset = jnp.where(valid, (slots + shown_set) * bins, -1)[:, None, None, None]
-        offset = jnp.concatenate([offset, jnp.broadcast_to(set_offset, labels.shape[:3] + (1,))], axis=-1)
-        slots += 2 ** categories
-    blocks = _count_binned(featuremap, offset, state.lo, state.hi, bins, slots)[:-1].reshape(units, slots, bins)
+        # Samples showing every category count in the extra slots of their category set; those of the
+        # full set are the rest (the marginal minus the others), so most samples add no entry.
+        full_set = 2 ** categories - 1
+        set_offset = jnp.where(valid & (shown_set != full_set), (slots + shown_set) * bins, -1)
+        slots += full_set
+    order = jnp.argsort(set_offset < 0, stable=True)             # samples with a set entry first: fewer chunks
+    blocks = _count_binned(featuremap[order], offset[order], set_offset[order], state.lo, state.hi, bins, slots)
+    blocks = blocks[:-1].reshape(units, slots, bins)
     per_class = blocks[:, :classes * class_blocks].reshape(units, class_blocks, classes, bins)
     marginal = per_class[:, 0].sum(axis=1)                                         # channel 0 over classes
     joint = per_class.sum(axis=1).at[:, 0].set(0)
     pixels = jnp.sum(valid) * image_pixels
     if categories > 1:
-        sets = category_sets(categories)                          # (2**K, K)
-        category_marginal = jnp.einsum("usb,sk->ukb", blocks[:, classes * class_blocks:], sets)
+        partial_sets = blocks[:, classes * class_blocks:]                          # (U, 2**K - 1, B)
+        by_set = jnp.concatenate([partial_sets, (marginal - partial_sets.sum(axis=1))[:, None]], axis=1)
+        sets = category_sets(categories)                                           # (2**K, K)
+        category_marginal = jnp.einsum("usb,sk->ukb", by_set, sets)
         category_pixels = jnp.sum(valid[:, None] * sets[shown_set], axis=0) * image_pixels
     else:
         category_marginal, category_pixels = marginal[:, None, :], pixels[None]
