@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect import bins as bins_module
 from jaxdissect import parallel, stats
 from jaxdissect.dissection import measures
 from jaxdissect.segmentation.resample import bilinear_matrix
@@ -49,27 +50,42 @@ def featuremaps(generator, params, layer, samples, batch_size=16):
                            for start in range(0, samples, batch_size)])
 
 
-def histogram(maps, seg_size, bins):
-    """The dissection's marginal histogram of the upsampled maps (its own binning code), and lo, hi."""
-    ranges = stats.range_update(stats.range_init(maps.shape[-1], 1), jnp.asarray(maps),
-                                jnp.arange(len(maps), dtype=jnp.int32))
-    joint = stats.joint_init(ranges.minimum, ranges.maximum, 1, bins)
-    labels = jnp.zeros((len(maps), 1, seg_size, seg_size), jnp.int32)
-    for start in range(0, len(maps), 16):
-        chunk = jnp.asarray(maps[start:start + 16])
-        joint = stats.joint_update(joint, chunk, labels[start:start + 16],
-                                   jnp.arange(start, start + len(chunk), dtype=jnp.int32), jnp.zeros(1, jnp.int32))
-    return np.asarray(joint.marginal), np.asarray(joint.lo), np.asarray(joint.hi)
+def batches(maps, size=16):
+    for start in range(0, len(maps), size):
+        yield jnp.asarray(maps[start:start + size]), jnp.arange(start, min(start + size, len(maps)), dtype=jnp.int32)
 
 
-def unit_figures(maps, seg_size, marginal, lo, hi, fractions):
+def placed_bins(maps, seg_size, bins, lo, hi, calibration_samples):
+    """The dissection's bin table, placed from the first calibration samples as its calibration does."""
+    cells = jnp.zeros((maps.shape[-1], bins_module.CELLS), jnp.int32)
+    for chunk, index in batches(maps[:calibration_samples]):
+        cells = stats.cell_update(cells, chunk, index, lo, hi, (seg_size, seg_size))
+    return bins_module.tail_cell_bins(np.asarray(cells), bins)
+
+
+def histogram(maps, seg_size, bins, placed, calibration_samples):
+    """The dissection's marginal histogram of the upsampled maps (its own binning code, equal-width
+    bins over [min, max] or `placed` ones) and its JointStats."""
+    ranges = stats.range_init(maps.shape[-1], 1)
+    for chunk, index in batches(maps[:calibration_samples]):
+        ranges = stats.range_update(ranges, chunk, index)
+    cell_bin = placed_bins(maps, seg_size, bins, ranges.minimum, ranges.maximum, calibration_samples) if placed \
+        else None
+    joint = stats.joint_init(ranges.minimum, ranges.maximum, 1, bins, cell_bin=cell_bin)
+    for chunk, index in batches(maps):
+        joint = stats.joint_update(joint, chunk, jnp.zeros((len(chunk), 1, seg_size, seg_size), jnp.int32), index,
+                                   jnp.zeros(1, jnp.int32))
+    return jax.tree.map(np.asarray, joint)
+
+
+def unit_figures(maps, seg_size, joint, fractions):
     """Per unit: the share of the exact distinct levels kept as distinct edges, and the max relative
     error of the tail fraction above the chosen edges against the one above the exact levels."""
     rows, cols = bilinear_matrix(maps.shape[1], seg_size), bilinear_matrix(maps.shape[2], seg_size)
-    tail = measures.suffix_counts(marginal)
+    tail = measures.suffix_counts(joint.marginal)
     total = int(tail[0, 0])
     chosen = measures.nearest_tail_bin(tail, total, fractions)                       # (U, L)
-    edges = np.take_along_axis(measures.threshold_values(lo, hi, marginal.shape[1]), chosen, axis=1)
+    edges = np.take_along_axis(measures.threshold_values(joint), chosen, axis=1)
     kept, worst = [], []
     for u in range(maps.shape[-1]):
         up = np.einsum("ih,nhw,jw->nij", rows, maps[..., u].astype(np.float64), cols).ravel()
@@ -89,6 +105,8 @@ def main():
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--seg_size", type=int, default=64, help="the segmentation's side (upsampled size)")
     parser.add_argument("--bins", type=int, default=256)
+    parser.add_argument("--calibration_samples", type=int, default=512,
+                        help="samples that fix the range and place the bins (the dissection's default)")
     args = parser.parse_args()
     if args.keys:
         generator, params = seeded_progan(args.keys)
@@ -96,16 +114,19 @@ def main():
         from jaxdissect.models.load import load_generator
         generator, params = load_generator(args.generator)
     maps = featuremaps(generator, params, args.layer, args.samples)
-    marginal, lo, hi = histogram(maps, args.seg_size, args.bins)
     fractions = measures.iqr_levels(100, 1e-3)
-    kept, worst = unit_figures(maps, args.seg_size, marginal, lo, hi, fractions)
     print(f"{args.layer}: {maps.shape[-1]} units, {args.samples} samples upsampled to {args.seg_size}x"
-          f"{args.seg_size}, {args.bins} bins")
-    print(f"share of the exact distinct levels kept: min {kept.min():.2f}, median {np.median(kept):.2f}; "
-          f"units losing > 10% of their levels: {(kept < 0.9).sum()}")
-    print(f"max relative tail-fraction error per unit: median {np.median(worst):.3f}, "
-          f"95th percentile {np.percentile(worst, 95):.3f}, max {worst.max():.3f}; "
-          f"units past 5%: {(worst > 0.05).sum()}")
+          f"{args.seg_size}, {args.bins} bins, range (and placement) from the first "
+          f"{min(args.calibration_samples, args.samples)}")
+    for placed in (False, True):
+        joint = histogram(maps, args.seg_size, args.bins, placed, args.calibration_samples)
+        kept, worst = unit_figures(maps, args.seg_size, joint, fractions)
+        print(f"{'placed (the dissection)' if placed else 'equal-width over [min, max]'}:")
+        print(f"  share of the exact distinct levels kept: min {kept.min():.2f}, median {np.median(kept):.2f}; "
+              f"units losing > 10% of their levels: {(kept < 0.9).sum()}")
+        print(f"  max relative tail-fraction error per unit: median {np.median(worst):.3f}, "
+              f"95th percentile {np.percentile(worst, 95):.3f}, max {worst.max():.3f}; "
+              f"units past 5%: {(worst > 0.05).sum()}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,17 @@ Two states cover everything dissection needs:
   samples by peak activation.
 * `JointStats` (featuremaps, upsampled to the segmentation inside, and the
   segmentation): for every unit, a histogram of its activation over `bins`
-  equal-width bins spanning a fixed range [lo, hi] (values outside fall in
-  the end bins), over all pixels (`marginal`), over the pixels of each class
+  bins of a fixed range [lo, hi] (values outside fall in the end bins; the
+  bins are groups of equal cells, see jaxdissect.bins), over all pixels
+  (`marginal`), over the pixels of each class
   (`joint`) and over the pixels of the images showing each label category
   (`category_marginal`, the original tool's per-category counting); a
   histogram of the raw featuremap values before upsampling (`raw_marginal`,
   for the original's quantile rule); per-class and per-category pixel counts;
   per (unit, class) activation sums.
+
+A third, `cell_counts`, is the calibration's histogram over the cells that
+places the bins.
 
 Every threshold the method needs is a bin edge in [lo, hi], and "act >= edge"
 is exactly "bin >= j", so counts at every threshold follow exactly from
@@ -30,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxdissect import bins as _bins
 from jaxdissect import parallel
 from jaxdissect.segmentation.resample import resize_bilinear_pixel_major, resize_bilinear_transpose
 
@@ -44,6 +49,7 @@ class RangeStats(NamedTuple):
 class JointStats(NamedTuple):
     lo: jax.Array           # (U,) float32: lower end of the binned range
     hi: jax.Array           # (U,) upper end
+    cell_bin: jax.Array     # (U, cells) uint: the bin of each of `cells` equal cells of [lo, hi]
     joint: jax.Array        # (U, C, B) int32: pixels of class c with act in bin b
     marginal: jax.Array     # (U, B) int32: pixels with act in bin b
     class_pixels: jax.Array  # (C,) int32: pixels carrying class c (any label channel)
@@ -60,17 +66,18 @@ def range_init(units, top_k):
                       jnp.full((top_k, units), -jnp.inf), jnp.full((top_k, units), -1, jnp.int32))
 
 
-def joint_init(lo, hi, classes, bins, categories=1):
-    """Empty histograms over `bins` equal bins of [lo, hi] (per unit), for `classes` classes in
-    `categories` label categories.
+def joint_init(lo, hi, classes, bins, categories=1, cell_bin=None):
+    """Empty histograms over `bins` bins of [lo, hi] (per unit), for `classes` classes in
+    `categories` label categories; `cell_bin` (U, cells) places the bins (default: equal widths).
 
     lo and hi are copied: updates donate the state's buffers.
     """
     lo, hi = jnp.array(lo, jnp.float32, copy=True), jnp.array(hi, jnp.float32, copy=True)
     units = lo.shape[0]
+    cell_bin = _bins.equal_cell_bins(units, bins) if cell_bin is None else cell_bin
     if categories > MAX_CATEGORIES:
         raise ValueError(f"{categories} label categories; at most {MAX_CATEGORIES} are supported")
-    return JointStats(lo, hi, jnp.zeros((units, classes, bins), jnp.int32), jnp.zeros((units, bins), jnp.int32),
+    return JointStats(lo, hi, jnp.array(cell_bin, copy=True), jnp.zeros((units, classes, bins), jnp.int32), jnp.zeros((units, bins), jnp.int32),
                       jnp.zeros((classes,), jnp.int32), jnp.zeros((units, classes), jnp.float32),
                       jnp.zeros((), jnp.int32), jnp.zeros((units, categories, bins), jnp.int32),
                       jnp.zeros((categories,), jnp.int32), jnp.zeros((units, bins), jnp.int32),
@@ -80,19 +87,6 @@ def joint_init(lo, hi, classes, bins, categories=1):
 # Images are told apart by the set of label categories they show (one histogram block per set), so the
 # number of categories is bounded: 2 ** MAX_CATEGORIES blocks at most.
 MAX_CATEGORIES = 6
-
-
-def bin_index(acts, lo, hi, bins):
-    """Bin of each activation among `bins` equal bins over [lo, hi] (per unit, last axis)."""
-    width = jnp.where(hi > lo, (hi - lo) / bins, 1.0)
-    return jnp.clip(jnp.floor((acts - lo) / width), 0, bins - 1).astype(jnp.int32)
-
-
-def bin_edges(lo, hi, bins):
-    """(U, bins) lower edges of the bins of `bin_index`, in float64 numpy."""
-    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
-    width = np.where(hi > lo, (hi - lo) / bins, 1.0)
-    return lo[:, None] + width[:, None] * np.arange(bins)[None, :]
 
 
 def distinct_labels(seg):
@@ -142,23 +136,19 @@ def _chunk_rows(rows, entries_per_row):
     return max(d for d in range(1, rows + 1) if rows % d == 0 and d <= limit)
 
 
-def _smallest_uint(largest):
-    """The narrowest unsigned integer dtype holding 0..largest."""
-    return next(dtype for dtype in (jnp.uint8, jnp.uint16, jnp.uint32) if largest <= jnp.iinfo(dtype).max)
-
-
-def _count_binned(featuremap, offset, set_offset, lo, hi, bins, slots):
+def _count_binned(featuremap, offset, set_offset, to_bin, bins, slots):
     """Counts of (unit, slot, bin) over a batch, as a flat (U * slots * bins + 1,) int32 vector.
 
     The featuremap (n, H, W, U) is upsampled (bilinear) to the size of
-    `offset` (n, h, w, K), which holds slot * bins for each pixel and label
+    `offset` (n, h, w, K) and binned by `to_bin` (into an unsigned dtype
+    that holds 0..bins-1); `offset` holds slot * bins for each pixel and label
     channel, or -1 where nothing must count; those entries go to the extra
     last position. `set_offset` (n,) adds one more entry per pixel of a
     sample, at its slot * bins, where it is >= 0.
 
-    The bins of the whole batch are computed first, in one fused loop, and
-    stored in the narrowest integer type (for 256 bins a quarter of the
-    memory traffic of int32); a scan then counts them a chunk of samples at
+    The bins of the whole batch are computed first, in one fused loop, in
+    the narrowest integer type (for 256 bins a quarter of the memory traffic
+    of int32); a scan then counts them a chunk of samples at
     a time. A chunk without any `set_offset` skips that entry (its scatter
     is one entry per pixel and channel shorter).
     """
@@ -169,7 +159,7 @@ def _count_binned(featuremap, offset, set_offset, lo, hi, bins, slots):
     rows = _chunk_rows(n, size[0] * size[1] * units * (channels + 1))
 
     def chunk_bins(maps):                                                          # (r, H, W, U) -> (h, w, r, U)
-        return bin_index(resize_bilinear_pixel_major(maps, size), lo, hi, bins).astype(_smallest_uint(bins - 1))
+        return to_bin(resize_bilinear_pixel_major(maps, size))
 
     def scatter(counts, b, offsets):
         offsets = jnp.transpose(offsets, (1, 2, 0, 3))[..., None, :]              # (h, w, r, 1, K)
@@ -207,10 +197,10 @@ def _shown_category_set(class_counts, label_category, categories):
     return jnp.sum(jnp.minimum(shown, 1) << jnp.arange(categories, dtype=jnp.int32), axis=1)
 
 
-def _raw_histogram(featuremap, valid, lo, hi, bins):
+def _raw_histogram(featuremap, valid, to_bin, bins):
     """(U, B) int32 histogram of the featuremap's cells (n, H, W, U), rows with `valid` False skipped."""
     units = featuremap.shape[-1]
-    index = jnp.arange(units, dtype=jnp.int32) * bins + bin_index(featuremap, lo, hi, bins)
+    index = jnp.arange(units, dtype=jnp.int32) * bins + to_bin(featuremap).astype(jnp.int32)
     index = jnp.where(valid[:, None, None, None], index, units * bins)
     index = jnp.moveaxis(index, -1, 0)                       # unit-major: each unit's counts stay in cache
     counts = jnp.zeros(units * bins + 1, jnp.int32).at[index.reshape(-1)].add(1, mode="promise_in_bounds")
@@ -262,7 +252,8 @@ def _joint_increment(state, featuremap, seg, sample_index, label_category):
         set_offset = jnp.where(valid & (shown_set != full_set), (slots + shown_set) * bins, -1)
         slots += full_set
     order = jnp.argsort(set_offset < 0, stable=True)             # samples with a set entry first: fewer chunks
-    blocks = _count_binned(featuremap[order], offset[order], set_offset[order], state.lo, state.hi, bins, slots)
+    to_bin = functools.partial(_bins.bin_index, lo=state.lo, hi=state.hi, cell_bin=state.cell_bin)
+    blocks = _count_binned(featuremap[order], offset[order], set_offset[order], to_bin, bins, slots)
     blocks = blocks[:-1].reshape(units, slots, bins)
     per_class = blocks[:, :classes * class_blocks].reshape(units, class_blocks, classes, bins)
     marginal = per_class[:, 0].sum(axis=1)                                         # channel 0 over classes
@@ -280,12 +271,24 @@ def _joint_increment(state, featuremap, seg, sample_index, label_category):
     onehot = jnp.sum(jax.nn.one_hot(labels, classes, dtype=jnp.float32) * labelled[..., None], axis=-2)
     class_weights = resize_bilinear_transpose(onehot, featuremap.shape[1:3])      # (n, H, W, C)
     act_sum = jnp.einsum("nhwu,nhwc->uc", featuremap, class_weights, precision=jax.lax.Precision.HIGHEST)
-    raw = _raw_histogram(featuremap, valid, state.lo, state.hi, bins)
+    raw = _raw_histogram(featuremap, valid, to_bin, bins)
     counts = (joint, marginal, class_counts.sum(axis=0).at[0].set(0), act_sum, pixels, category_marginal,
               category_pixels, raw, jnp.sum(valid) * featuremap.shape[1] * featuremap.shape[2])
     counts = jax.lax.psum(counts, parallel.BATCH)
-    totals = jax.tree.map(jnp.add, tuple(state)[2:], counts)
-    return JointStats(state.lo, state.hi, *totals)
+    totals = jax.tree.map(jnp.add, tuple(state)[3:], counts)
+    return JointStats(state.lo, state.hi, state.cell_bin, *totals)
+
+
+def _cell_increment(cell_counts, featuremap, sample_index, lo, hi, size):
+    """Local (U, cells) histogram of the featuremap (n, H, W, U) upsampled to `size`, over the equal
+    cells of [lo, hi]; rows with sample_index < 0 are padding."""
+    units, cells = cell_counts.shape
+    offset = jnp.where(sample_index >= 0, 0, -1)[:, None, None, None]
+    offset = jnp.broadcast_to(offset, (featuremap.shape[0],) + tuple(size) + (1,))
+    to_cell = lambda maps: _bins.cell_index(maps, lo, hi, cells).astype(_bins.smallest_uint(cells - 1))
+    counts = _count_binned(featuremap.astype(jnp.float32), offset, jnp.full(featuremap.shape[0], -1), to_cell,
+                           cells, 1)
+    return cell_counts + jax.lax.psum(counts[:-1].reshape(units, cells), parallel.BATCH)
 
 
 @functools.lru_cache(maxsize=None)
@@ -302,6 +305,19 @@ def _sharded(fn, batch_args):
 def range_update(state, acts, sample_index):
     """Folds a batch of featuremaps (N, H, W, U) of samples `sample_index` (N,) into `state`."""
     return _sharded(_range_increment, 2)(state, acts, sample_index)
+
+
+def cell_update(cell_counts, featuremap, sample_index, lo, hi, size):
+    """Folds featuremaps (N, H, W, U), upsampled to `size` (h, w), into the (U, cells) calibration
+    histogram over the equal cells of [lo, hi]."""
+    return _cell_update_fn(tuple(size))(cell_counts, featuremap, sample_index, lo, hi)
+
+
+@functools.lru_cache(maxsize=None)
+def _cell_update_fn(size):
+    def increment(cell_counts, featuremap, sample_index, lo, hi):
+        return _cell_increment(cell_counts, featuremap, sample_index, lo, hi, size)
+    return _sharded(increment, 2)
 
 
 def joint_update(state, featuremap, seg, sample_index, label_category):

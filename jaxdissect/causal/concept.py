@@ -37,10 +37,9 @@ INSERT_VALUES = ("mean", "quantile")
 
 def class_quantile(joint_stats, class_index, quantile):
     """(U,) each unit's `quantile` activation among the pixels of class `class_index` (a bin edge)."""
-    bins = joint_stats.joint.shape[-1]
     tail = measures.suffix_counts(joint_stats.joint[:, class_index, :])            # (U, B + 1)
     j = measures.tail_bin(tail, int(joint_stats.class_pixels[class_index]), 1.0 - quantile)
-    edges = measures.threshold_values(joint_stats.lo, joint_stats.hi, bins)         # (U, B + 1)
+    edges = measures.threshold_values(joint_stats)                                  # (U, B + 1)
     return np.take_along_axis(edges, j[:, None], axis=1)[:, 0]
 
 

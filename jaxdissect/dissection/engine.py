@@ -2,7 +2,9 @@
 
 A short calibration (featuremaps alone, of the first `calibration_samples`
 samples) fixes each unit's histogram range [lo, hi] (its observed min and
-max there). The main pass then reads every sample's featuremaps and labels
+max there), then, from a fine histogram of the same samples' upsampled
+featuremaps, where its bins lie (jaxdissect.bins: most edges at logspaced
+tail fractions, so heavy tails keep their resolution). The main pass then reads every sample's featuremaps and labels
 and folds each batch into fixed-shape states (jaxdissect.stats): every
 unit's range and top-k samples, and histograms of its activation against
 every class and label category. Memory does not grow with the sample count,
@@ -19,7 +21,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from jaxdissect import parallel, stats
+from jaxdissect import bins, parallel, stats
 from jaxdissect.dissection import sources
 from jaxdissect.errors import UserError
 from jaxdissect.io import files
@@ -29,7 +31,7 @@ from jaxdissect.training.loop import Checkpoints
 # Settings that change the statistics; the others only change how they are read.
 STATISTICS_SETTINGS = ("layers", "samples", "seed", "downsample", "bins", "top_k", "calibration_samples")
 # Bumped when the statistics' content changes, so that a folder holding older statistics is refused.
-STATISTICS_VERSION = 2
+STATISTICS_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,16 @@ def _range_fold_fn(layers):
     """jit (ranges, featuremaps, index) -> (ranges with samples `index` folded in, samples done)."""
     def fold(ranges, maps, index):
         return {name: stats.range_update(ranges[name], maps[name], index) for name in layers}, jnp.max(index) + 1
+    return jax.jit(fold, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _cell_fold_fn(layers, size):
+    """jit (cell histograms, ranges, featuremaps, index) -> (histograms with samples `index` folded in,
+    samples done)."""
+    def fold(cells, ranges, maps, index):
+        return {name: stats.cell_update(cells[name], maps[name], index, ranges[name].minimum, ranges[name].maximum,
+                                        size) for name in layers}, jnp.max(index) + 1
     return jax.jit(fold, donate_argnums=0)
 
 
@@ -127,18 +139,23 @@ def collect_statistics(source, settings, outdir, model_ids=None):
     categories, label_category = sources.category_numbers(source.label_categories)
     units = {name: shapes[name][-1] for name in layers}
 
-    def joint_init(lo, hi):
-        return stats.joint_init(lo, hi, len(source.labels), settings.bins, len(categories))
+    def joint_init(lo, hi, cell_bin):
+        return stats.joint_init(lo, hi, len(source.labels), settings.bins, len(categories), cell_bin)
     state = {"phase": jnp.int32(1), "next_sample": jnp.int32(0), "saves": jnp.int32(0),
              "calibration": {name: stats.range_init(units[name], 1) for name in layers},
+             "cells": {name: jnp.zeros((units[name], bins.CELLS), jnp.int32) for name in layers},
              "range": {name: stats.range_init(units[name], settings.top_k) for name in layers},
-             "joint": {name: joint_init(jnp.zeros(units[name]), jnp.ones(units[name])) for name in layers}}
+             "joint": {name: joint_init(jnp.zeros(units[name]), jnp.ones(units[name]),
+                                        bins.equal_cell_bins(units[name], settings.bins, bins.CELLS))
+                       for name in layers}}
     run = _Run(outdir, settings.statistics_key(model_ids or {}))
     state = jax.device_put(run.restore(state), parallel.replicated())
     try:
         if int(state["phase"]) == 1:
-            state = _calibration_pass(source, settings, state, run, joint_init)
+            state = _range_pass(source, settings, state, run)
         if int(state["phase"]) == 2:
+            state = _bin_placement_pass(source, settings, state, run, seg_shape[2:], joint_init)
+        if int(state["phase"]) == 3:
             state = _main_pass(source, settings, state, run, jnp.asarray(label_category))
     finally:
         run.checkpoints.wait()   # also when interrupted: no save left half-written behind the caller's back
@@ -172,7 +189,7 @@ def _passes(settings, state, run, label, samples, step):
     return state
 
 
-def _calibration_pass(source, settings, state, run, joint_init):
+def _range_pass(source, settings, state, run):
     """Fixes every unit's histogram range from the first calibration samples."""
     fold = _range_fold_fn(tuple(settings.layers))
 
@@ -181,9 +198,25 @@ def _calibration_pass(source, settings, state, run, joint_init):
         return state, done
     samples = min(settings.calibration_samples, settings.samples)
     state = _passes(settings, state, run, "calibration (unit ranges)", samples, step)
-    state["joint"] = {name: joint_init(state["calibration"][name].minimum, state["calibration"][name].maximum)
-                      for name in settings.layers}
     state.update(phase=jnp.int32(2), next_sample=jnp.int32(0))
+    run.save(state)
+    return state
+
+
+def _bin_placement_pass(source, settings, state, run, size, joint_init):
+    """Places every unit's bins from a fine histogram of the same calibration samples, upsampled."""
+    fold = _cell_fold_fn(tuple(settings.layers), tuple(size))
+
+    def step(state, start, index):
+        state["cells"], done = fold(state["cells"], state["calibration"], source.featuremaps(start, index), index)
+        return state, done
+    samples = min(settings.calibration_samples, settings.samples)
+    state = _passes(settings, state, run, "calibration (bin placement)", samples, step)
+    ranges = state["calibration"]
+    state["joint"] = {name: joint_init(ranges[name].minimum, ranges[name].maximum,
+                                       bins.tail_cell_bins(parallel.to_host(state["cells"][name]), settings.bins))
+                      for name in settings.layers}
+    state.update(phase=jnp.int32(3), next_sample=jnp.int32(0))
     run.save(state)
     return state
 
@@ -197,6 +230,6 @@ def _main_pass(source, settings, state, run, label_category):
         state.update(folded)
         return state, done
     state = _passes(settings, state, run, "dissection (units x classes)", settings.samples, step)
-    state.update(phase=jnp.int32(3))
+    state.update(phase=jnp.int32(4))
     run.save(state)
     return state

@@ -14,7 +14,7 @@ true tail fraction is within one bin's mass of the requested one.
 """
 import numpy as np
 
-from jaxdissect import stats as _stats
+from jaxdissect import bins as _bins
 
 
 def suffix_counts(hist):
@@ -24,10 +24,9 @@ def suffix_counts(hist):
     return np.concatenate([tail, np.zeros(hist.shape[:-1] + (1,), np.int64)], axis=-1)
 
 
-def threshold_values(lo, hi, bins):
-    """(U, bins + 1) threshold value of every bin index j (edge j; j = bins is the max)."""
-    edges = _stats.bin_edges(lo, hi, bins)
-    return np.concatenate([edges, np.asarray(hi, np.float64)[:, None]], axis=1)
+def threshold_values(stats):
+    """(U, bins + 1) threshold value of every bin index j of a JointStats (edge j; j = bins is hi)."""
+    return _bins.threshold_values(stats.lo, stats.hi, stats.cell_bin)
 
 
 def tail_bin(marginal_tail, total, fraction):
@@ -99,12 +98,11 @@ def _xlogy(x, y):
 def quantile_rule(stats, quantile):
     """Per unit threshold at its top `quantile` (e.g. 0.99: top 1%), independent of the class."""
     total = int(stats.pixels)
-    bins = stats.marginal.shape[1]
     j = tail_bin(suffix_counts(stats.marginal), total, 1.0 - quantile)             # (U,)
     above, both = counts_at(stats, j)                                               # (U,), (U, C)
     s = np.asarray(stats.class_pixels, np.int64)[None, :]
     above = above[:, None]
-    threshold = np.take_along_axis(threshold_values(stats.lo, stats.hi, bins), j[:, None], axis=1)
+    threshold = np.take_along_axis(threshold_values(stats), j[:, None], axis=1)
     return {"threshold": np.broadcast_to(threshold, both.shape).copy(),
             "intersection": both, "union": above + s - both,
             "iou": iou(both, above, s), "iqr": information_quality_ratio(both, above, s, total),
@@ -124,12 +122,11 @@ def iqr_rule(stats, levels=100, smallest_fraction=1e-3, min_agreement=0.8):
     no eligible level gets IoU 0 and threshold NaN.
     """
     total = int(stats.pixels)
-    bins = stats.marginal.shape[1]
     j = tail_bin(suffix_counts(stats.marginal), total, iqr_levels(levels, smallest_fraction))  # (U, L)
     above, both = counts_at(stats, j)                                                # (U, L), (U, C, L)
     s = np.asarray(stats.class_pixels, np.int64)[None, :, None]
     above = above[:, None, :]
-    value = np.take_along_axis(threshold_values(stats.lo, stats.hi, bins), j, axis=1)[:, None, :]  # (U, 1, L)
+    value = np.take_along_axis(threshold_values(stats), j, axis=1)[:, None, :]       # (U, 1, L)
     ratio = information_quality_ratio(both, above, s, total)
     agree = agreement(both, above, s, total)
     eligible = (agree > min_agreement) & (value > 0)

@@ -150,7 +150,7 @@ def _at_unit_threshold(stats, tails, unit_bin, label, label_score, label_categor
 
 
 def _threshold_values(stats):
-    return measures.threshold_values(stats.lo, stats.hi, stats.marginal.shape[1])
+    return measures.threshold_values(stats)
 
 
 def _runner_up(label_score, label):

@@ -55,6 +55,9 @@ def read_statistics(outdir, layer):
     if not os.path.isfile(path):
         raise UserError(f"{path}: no statistics for layer {layer!r}; run --mode=dissect first")
     with np.load(path) as data:
+        if "cell_bin" not in data:
+            raise UserError(f"{path} was written by an older jaxdissect (equal-width bins); rerun --mode=dissect "
+                            "in a new --outdir")
         return (stats.RangeStats(*(data[f] for f in stats.RangeStats._fields)),
                 stats.JointStats(*(data[f"bin_{f}" if f in ("lo", "hi") else f] for f in stats.JointStats._fields)))
 
