@@ -139,6 +139,8 @@ def test_adapter_refuses_what_it_cannot_dissect():
     with pytest.raises(ValueError, match=r"layer 'project' returns shape \(1, 512\); a layer must return a "
                                          r"featuremap"):
         FlaxGenerator(DCGAN(), layers=("project",), latent_size=LATENT)
+    with pytest.raises(ValueError, match=r"arrays of shape \(1, 3\); expected square NHWC RGB images"):
+        FlaxGenerator(nn.Dense(3), layers=(), latent_size=LATENT)
 
     class Twice(nn.Module):
         @nn.compact
