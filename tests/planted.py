@@ -46,7 +46,7 @@ class PlantedGenerator:
     def h(self, params, z, layers, edits=None):
         return {"layer": self._layer(params, z)}
 
-    def f(self, params, r, layer, edits=None):
+    def f(self, params, r, layer, z=None, edits=None):
         return self._render(r)
 
     def __call__(self, params, z, edits=None, capture=()):

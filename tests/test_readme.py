@@ -16,7 +16,7 @@ from jaxdissect.toyworld import fidelity
 NOT_RUN = {"pip install": "installs the package", "python -m pytest": "the test suite itself",
            "python convert/": "needs the released .pth files", "configs/church.cfg": "needs the converted church models"}
 # Flags appended to slow modes (a later flag wins over the flagfile's).
-REDUCED = {"dissect": ["--samples=256", "--layers=layer4"],
+REDUCED = {"dissect": ["--samples=256"],
            "ace": ["--ace_steps=2", "--ace_batch_size=4"],
            "ablate": ["--eval_samples=8", "--random_draws=1", "--ablate_counts=1,2"],
            "insert": ["--context_samples=1"], "trace": ["--context_samples=1"]}
@@ -39,12 +39,12 @@ def bash_commands():
 
 
 def runnable(words):
-    """`words` with the slow modes' flags reduced, and the toy flagfile's --outdir spelled out (so that
-    `localised` moves it)."""
+    """`words` with the slow modes' flags reduced (the toy flagfile's dissection to layer4), and the toy
+    flagfile's --outdir spelled out (so that `localised` moves it)."""
     mode = next((w.split("=", 1)[1] for w in words if w.startswith("--mode=")), None)
     extra = REDUCED.get(mode, [])
     if "--flagfile=configs/toy.cfg" in words:
-        extra = extra + ["--outdir=runs/toy"]
+        extra = extra + (["--layers=layer4"] if mode == "dissect" else []) + ["--outdir=runs/toy"]
     return words + extra
 
 

@@ -29,9 +29,10 @@ def _featuremap_fn(generator, layer):
 
 @functools.lru_cache(maxsize=None)
 def class_pixels_fn(generator, segmenter, layer, downsample):
-    """jit (g_params, s_params, r, alpha, class_index) -> (N,) class pixels per image with `alpha` ablated."""
-    def fn(g_params, s_params, r, alpha, class_index):
-        images = generator.f(g_params, ablate(alpha)(r), layer)
+    """jit (g_params, s_params, r, z, alpha, class_index) -> (N,) class pixels per image with `alpha` ablated
+    (`r` is the layer's featuremap of latents `z`)."""
+    def fn(g_params, s_params, r, z, alpha, class_index):
+        images = generator.f(g_params, ablate(alpha)(r), layer, z)
         _, mask = segmenter.class_score(s_params, images, class_index, downsample)
         return jnp.sum(mask, axis=(1, 2), dtype=jnp.int32)
     return jax.jit(fn)
@@ -72,7 +73,8 @@ def class_pixels(generator, g_params, segmenter, s_params, layer, unit_sets, cla
         valid = np.arange(start, start + batch_size) < samples
         r = featuremap(g_params, z)
         for i in range(len(unit_sets)):
-            totals[i] += int(np.sum(parallel.to_host(count(g_params, s_params, r, unit_sets[i], class_index))[valid]))
+            pixels = parallel.to_host(count(g_params, s_params, r, z, unit_sets[i], class_index))
+            totals[i] += int(np.sum(pixels[valid]))
         progress.update(min(start + batch_size, samples))
     return totals
 

@@ -49,10 +49,10 @@ def pooled_mean(values, weights):
 def causal_effect(generator, g_params, segmenter, s_params, layer, alpha, value, class_index, z, downsample=1):
     """{'ace', 'insertion', 'ablation'} for unit weights `alpha` (U,) and insertion values `value` (U,)."""
     r = jax.lax.stop_gradient(generator.h(g_params, z, (layer,))[layer])
-    images = generator.f(g_params, r, layer)
+    images = generator.f(g_params, r, layer, z)
     present, candidates = class_regions(segmenter, s_params, images, class_index, downsample, r.shape[1:3])
-    ablated = generator.f(g_params, ablate(alpha, present)(r), layer)
-    inserted = generator.f(g_params, insert(alpha, value, candidates)(r), layer)
+    ablated = generator.f(g_params, ablate(alpha, present)(r), layer, z)
+    inserted = generator.f(g_params, insert(alpha, value, candidates)(r), layer, z)
     score_ablated, _ = segmenter.class_score(s_params, ablated, class_index, downsample)
     score_inserted, _ = segmenter.class_score(s_params, inserted, class_index, downsample)
     size = score_ablated.shape[1:3]

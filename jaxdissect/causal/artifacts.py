@@ -75,7 +75,7 @@ def _scores_fn(generator, segmenter, discriminator, layer):
     """jit (g_params, s_params, d_params, z, alpha) -> (features (N, D), realism logits (N,) or None)."""
     def fn(g_params, s_params, d_params, z, alpha):
         r = generator.h(g_params, z, (layer,))[layer]
-        images = generator.f(g_params, ablate(alpha)(r), layer)
+        images = generator.f(g_params, ablate(alpha)(r), layer, z)
         features = pooled_features(segmenter, s_params, images) if segmenter is not None else None
         logits = discriminator.apply(d_params, images) if discriminator is not None else None
         return features, logits

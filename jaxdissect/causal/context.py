@@ -25,11 +25,13 @@ from jaxdissect.progress import Progress
 from jaxdissect.segmentation.resample import adaptive_avg_pool
 
 
-def _run_from(generator, g_params, r, layer, capture):
-    """(images, {later layer: featuremap}) from `layer`'s featuremap `r`."""
+def _run_from(generator, g_params, r, layer, z, capture):
+    """(images, {later layer: featuremap}) from `layer`'s featuremaps `r` (k, H, W, U), all edits of the one
+    sample of latent `z` (1, latent)."""
+    z = jnp.broadcast_to(z, (r.shape[0], z.shape[1]))
     if capture:
-        return generator.f(g_params, r, layer, capture=capture)
-    return generator.f(g_params, r, layer), {}
+        return generator.f(g_params, r, layer, z, capture=capture)
+    return generator.f(g_params, r, layer, z), {}
 
 
 def context_classes(labels, fm_size, n_classes):
@@ -46,7 +48,7 @@ def _unedited_fn(generator, segmenter, layer, downsample, capture):
 
     def fn(g_params, s_params, z, class_index):
         r = generator.h(g_params, z, (layer,))[layer]                              # (1, H, W, U)
-        images, later = _run_from(generator, g_params, r, layer, capture)
+        images, later = _run_from(generator, g_params, r, layer, z, capture)
         score, mask = segmenter.class_score(s_params, images, class_index, downsample)
         labels = segmenter.segment(s_params, images, downsample)[:, 0]
         return {"pixels_before": jnp.sum(mask, dtype=jnp.int32), "score": jnp.mean(score),
@@ -65,7 +67,7 @@ def _edits_fn(generator, segmenter, layer, downsample, capture):
     """
     def fn(g_params, s_params, z, masks, alpha, value, class_index, unedited):
         r = generator.h(g_params, z, (layer,))[layer]                              # (1, H, W, U)
-        images, later = _run_from(generator, g_params, insert(alpha, value, masks)(r), layer, capture)
+        images, later = _run_from(generator, g_params, insert(alpha, value, masks)(r), layer, z, capture)
         score, mask = segmenter.class_score(s_params, images, class_index, downsample)
         return {"pixels_added": jnp.sum(mask, axis=(1, 2), dtype=jnp.int32) - unedited["pixels_before"],
                 "score_change": jnp.mean(score, axis=(1, 2)) - unedited["score"],
@@ -144,7 +146,7 @@ def _inserted_image_fn(generator, layer):
         r = generator.h(g_params, z, (layer,))[layer]
         height, width = r.shape[1:3]
         mask = jax.nn.one_hot(position, height * width, dtype=jnp.float32).reshape(1, height, width)
-        return generator.f(g_params, insert(alpha, value, mask)(r), layer)
+        return generator.f(g_params, insert(alpha, value, mask)(r), layer, z)
     return jax.jit(fn)
 
 

@@ -87,7 +87,7 @@ def location_effect(generator, g_params, segmenter, s_params, layer, alpha, valu
     samples `index` (N,) with latents `z`; `presence` (H, W) is the class's mean share of each cell."""
     r = jax.lax.stop_gradient(generator.h(g_params, z, (layer,))[layer])
     fm_size = r.shape[1:3]
-    run_from = lambda edited: generator.f(g_params, edited, layer)
+    run_from = lambda edited: generator.f(g_params, edited, layer, z)
     score_of = lambda images: cell_scores(segmenter, s_params, images, class_index, downsample, fm_size)[0]
     base_scores, has_class = cell_scores(segmenter, s_params, run_from(r), class_index, downsample, fm_size)
     present = present_cells(base_scores)
@@ -110,7 +110,7 @@ def _presence_sum_fn(generator, segmenter, layer, downsample):
     def fn(total, g_params, s_params, seed, index, class_index):
         z = parallel.latents_at(seed, index, generator.latent_size)
         r = generator.h(g_params, z, (layer,))[layer]
-        _, pixels = segmenter.class_score(s_params, generator.f(g_params, r, layer), class_index, downsample)
+        _, pixels = segmenter.class_score(s_params, generator.f(g_params, r, layer, z), class_index, downsample)
         shares = cell_fraction(pixels, r.shape[1:3])
         return total + jnp.sum(jnp.where((index >= 0)[:, None, None], shares, 0.0), axis=0)
     return jax.jit(fn, donate_argnums=0)

@@ -328,7 +328,7 @@ def before_after_grid(study, units, n_units, shown=6):
     @jax.jit
     def both(g_params, z, alpha):
         r = generator.h(g_params, z, (layer,))[layer]
-        return generator.f(g_params, r, layer), generator.f(g_params, ablate(alpha)(r), layer)
+        return generator.f(g_params, r, layer, z), generator.f(g_params, ablate(alpha)(r), layer, z)
     z = parallel.latents(FLAGS.eval_seed, 0, shown, generator.latent_size)
     rows = both(study.g_params, z, unit_indicator(units, n_units))
     return charts.png_bytes(charts.image_grid([list(to_bytes(row)) for row in rows]))

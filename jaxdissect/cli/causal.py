@@ -183,6 +183,7 @@ def run_ace():
     from jaxdissect import parallel
     from jaxdissect.causal import concept, search
     from jaxdissect.io import files
+    from jaxdissect.models.load import generator_id
     study = open_study()
     units = study.dissection.matrix(study.layer, "iou").shape[0]
     check_flags(("ace_steps", FLAGS.ace_steps >= 1), ("ace_lr", FLAGS.ace_lr > 0), ("ace_l2", FLAGS.ace_l2 >= 0),
@@ -204,7 +205,7 @@ def run_ace():
                 "generator": FLAGS.generator, "segmenter": FLAGS.segmenter, "segdiv": FLAGS.segdiv}
     if jax.process_index() == 0:
         os.makedirs(outdir, exist_ok=True)
-        guard_outdir(outdir, {**recorded, "generator": folder_id(FLAGS.generator),
+        guard_outdir(outdir, {**recorded, "generator": generator_id(FLAGS.generator),
                               "segmenter": folder_id(FLAGS.segmenter)}, "alpha_search")
     alpha = search.search(study.generator, study.g_params, study.segmenter, study.s_params, settings, value, alpha0,
                           outdir)

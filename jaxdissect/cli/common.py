@@ -7,7 +7,9 @@ from absl import flags
 from jaxdissect.errors import UserError
 from jaxdissect.segmentation.labels import SEGDIVS
 
-flags.DEFINE_string("generator", None, "Converted generator folder (from convert/proggan.py or weights/toy/generator).")
+flags.DEFINE_string("generator", None, "Converted generator folder (from convert/proggan.py, convert/stylegan2.py or "
+                    "weights/toy/generator), or your own: module.path:factory or file.py:factory, a function "
+                    "returning (generator, params) (README: Bring your own generator).")
 flags.DEFINE_string("segmenter", None, "Converted segmenter folder (from convert/upernet.py or weights/toy/segmenter).")
 flags.DEFINE_string("outdir", None, "Output folder of the run.")
 flags.DEFINE_integer("batch_size", 8, "Samples per batch (split across all devices).")

@@ -135,13 +135,14 @@ def print_summary(result):
 @register("dissect", "Dissect generator layers: label every unit with the class it matches (the main job).")
 def run_dissect():
     from jaxdissect.dissection import pipeline, sources
+    from jaxdissect.models.load import generator_id
     require("generator", "segmenter", "outdir")
     check_dissection_outdir()
     settings = settings_from_flags()
     generator, g_params = load_generator_flag()
     check_layers(generator, settings.layers)
     segmenter, s_params = load_segmenter_flag()
-    ids = {"generator": folder_id(FLAGS.generator), "segmenter": folder_id(FLAGS.segmenter),
+    ids = {"generator": generator_id(FLAGS.generator), "segmenter": folder_id(FLAGS.segmenter),
            "segdiv": FLAGS.segdiv}
     source = sources.GeneratedSamples(generator, g_params, segmenter, s_params, settings.layers,
                                       settings.downsample, settings.seed)

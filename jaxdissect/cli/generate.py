@@ -4,7 +4,7 @@
         [--capture=layer4,layer6] [--batch_size=8] [--png_dir=DIR]
 
 OUT.npz holds `image` (N, 3, R, R) and one (N, C, H, W) array per captured
-layer, float32, in the original tools' NCHW layout. The .npz and the PNG
+layer (a StyleGAN2 style `LAYER.style`: (N, C)), float32, in the original tools' NCHW layout. The .npz and the PNG
 folder appear together, complete, or not at all.
 """
 import contextlib
@@ -51,9 +51,10 @@ def generate(model, params, z, capture=(), batch_size=8):
     and the jitted generator compiles once.
     """
     for name in capture:
-        if name not in model.layer_names:
-            raise UserError(f"--capture: unknown layer {name!r}; valid layers: "
-                            f"{', '.join(model.layer_names)}")
+        try:
+            model.layer_index(name)
+        except ValueError as e:
+            raise UserError(f"--capture: {e}") from None
     batch = min(batch_size, len(z))
     run = jax.jit(lambda params, z: model(params, z, capture=tuple(capture)))
     chunks = {name: [] for name in ("image", *capture)}
@@ -64,7 +65,8 @@ def generate(model, params, z, capture=(), batch_size=8):
         block = np.concatenate([block, np.zeros((batch - count, z.shape[1]), z.dtype)])
         image, captured = run(params, block)
         for name, value in [("image", image), *captured.items()]:
-            chunks[name].append(np.transpose(np.asarray(value, np.float32)[:count], (0, 3, 1, 2)))
+            value = np.asarray(value, np.float32)[:count]
+            chunks[name].append(np.transpose(value, (0, 3, 1, 2)) if value.ndim == 4 else value)
         progress.update(start + count)
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 

@@ -38,8 +38,8 @@ def category_numbers(label_categories):
 class GeneratedSamples:
     """Samples of a generator (sample i from latent i of `seed`) labelled by a segmenter.
 
-    The generator is any hashable object with `latent_size`, `h(params, z,
-    layers)` and `__call__(params, z, capture=layers)` (a `ProGAN`); the
+    The generator follows jaxdissect.models.generator's protocol (here:
+    `latent_size`, `h` and `__call__` with `capture`); the
     segmenter any hashable object with `segment(params, images, downsample)`
     -> (N, K, h, w) labels, `labels` and `label_categories` (a `Segmenter`).
     """

@@ -4,25 +4,24 @@ Layout conventions of the library: featuremaps and images are NHWC (units on
 the last axis); latents are (N, C). Files written for users are NCHW, the
 original tools' layout, converted at the boundary.
 
-The paper's split `G(z) = f(h(z))` is exposed by `ProGAN`:
-`h(params, z, layers)` runs up to the deepest requested layer and returns the
-named featuremaps, `f(params, r, layer)` runs the rest from a (possibly
-edited) featuremap, and `__call__` runs the whole generator with optional
-edits applied to any layers' outputs. All are pure functions of
-(params, inputs), so they compose with jit, vmap and grad.
+The paper's split `G(z) = f(h(z))` is exposed by `ProGAN`, a
+jaxdissect.models.generator.Generator: `h(params, z, layers)` runs up to the
+deepest requested layer and returns the named featuremaps, `f(params, r,
+layer)` runs only the rest from a (possibly edited) featuremap (the latents
+the protocol passes are not needed), and `__call__` runs the whole generator
+with optional edits applied to any layers' outputs. All are pure functions
+of (params, inputs), so they compose with jit, vmap and grad.
 """
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# An edit maps a layer's output featuremap (N, H, W, C) to a featuremap of the
-# same shape; see jaxdissect.intervention for the standard ones.
-Edit = Callable[[jax.Array], jax.Array]
+from jaxdissect.models.generator import Edit, Generator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +130,13 @@ class ProgressiveGeneratorModule(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class ProGAN:
-    """A Progressive GAN generator architecture; hashable, so usable as a static jit arg.
+class ProGAN(Generator):
+    """A Progressive GAN generator architecture (jaxdissect.models.generator's protocol); hashable.
 
     Every method is a pure function of `params` (the Flax variables dict,
     `{"params": {...}}`) and arrays. Images come out NHWC in the compute
-    dtype, nominally in [-1, 1] but not clamped (as upstream).
+    dtype, nominally in [-1, 1] but not clamped (as upstream). `f` is a
+    true split: it runs only the layers after the split.
     """
     sizes: tuple
     output_tanh: bool = False
@@ -178,12 +178,6 @@ class ProGAN:
         spec = self.specs[self.layer_index(layer)]
         return (spec.resolution, spec.resolution, spec.out_channels)
 
-    def layer_index(self, layer):
-        names = self.layer_names
-        if layer not in names:
-            raise ValueError(f"unknown layer {layer!r}; valid layers: {', '.join(names)}")
-        return names.index(layer)
-
     @property
     def module(self):
         return ProgressiveGeneratorModule(self.sizes, self.output_tanh, self.dtype)
@@ -192,21 +186,8 @@ class ProGAN:
         z = jnp.zeros((1, self.latent_size), jnp.float32)
         return self.module.init(rng, z)
 
-    def __call__(self, params, z, edits: Mapping[str, Edit] = None, capture=()):
-        """The whole generator: returns (image, {layer: featuremap for layer in capture})."""
-        for name in list(capture) + list(edits or {}):
-            self.layer_index(name)
-        return self.module.apply(params, z, capture=tuple(capture), edits=edits)
-
-    def h(self, params, z, layers, edits: Mapping[str, Edit] = None):
-        """Runs up to the deepest of `layers`; returns {layer: featuremap}."""
-        layers = (layers,) if isinstance(layers, str) else tuple(layers)
-        stop = 1 + max(self.layer_index(name) for name in layers)
-        _, captured = self.module.apply(params, z, stop=stop, capture=layers, edits=edits)
-        return captured
-
-    def f(self, params, r, layer, edits: Mapping[str, Edit] = None, capture=()):
-        """Runs the layers after `layer` on its featuremap `r`; returns the image.
+    def f(self, params, r, layer, z=None, edits: Mapping[str, Edit] = None, capture=()):
+        """Runs only the layers after `layer` on its featuremap `r` (the latents `z` are not needed).
 
         With `capture`, returns (image, {later layer: featuremap}) instead.
         """

@@ -29,14 +29,15 @@ resolutions in float16, but parity is against their force_fp32 outputs.
 """
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Edit = Callable[[jax.Array], jax.Array]
+from jaxdissect.models.generator import Generator
+
 NOISE_MODES = ("random", "const", "none")
 STYLE = ".style"
 # The 4x4 low-pass filter of both codes is outer(k, k) / 64 with k = [1, 3, 3, 1], applied
@@ -274,14 +275,16 @@ class StyleGAN2Module(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGAN2:
-    """A StyleGAN2 generator architecture and how it is run; hashable, so usable as a static jit arg.
+class StyleGAN2(Generator):
+    """A StyleGAN2 generator architecture and how it is run (jaxdissect.models.generator's protocol).
 
     `channels` are the feature channels at resolutions 4, 8, ..., `resolution`.
-    Methods are pure functions of `params` (the Flax variables dict) and arrays,
-    like `ProGAN`'s, except that `f` also needs the latents z: the layers after
+    Methods are pure functions of `params` (the Flax variables dict) and arrays.
+    `f` is the protocol's default, which needs the latents z: the layers after
     the split take their styles and noise from z, and the image accumulated
-    by the earlier blocks' torgbs.
+    by the earlier blocks' torgbs; under jit, what only fed the split layer
+    is not computed. Styles (`style_names`) can be captured and edited like
+    featuremaps.
     """
     z_dim: int
     w_dim: int
@@ -330,10 +333,6 @@ class StyleGAN2:
         return 2 * len(self.channels)
 
     @property
-    def image_range(self):
-        return (-1.0, 1.0)
-
-    @property
     def layer_names(self):
         """The conv outputs, in run order: the featuremaps to dissect."""
         return tuple(s.name for s in self.specs if s.kind == "conv")
@@ -370,26 +369,3 @@ class StyleGAN2:
         """w (N, w_dim) of latents z, before truncation."""
         module = MappingNetwork(self.w_dim, self.mapping_layers, self.mapping_lr, self.dtype)
         return module.apply({"params": params["params"]["mapping"]}, z)
-
-    def __call__(self, params, z, edits: Mapping[str, Edit] = None, capture=()):
-        """The whole generator: returns (image, {name: value for name in capture})."""
-        for name in list(capture) + list(edits or {}):
-            self.layer_index(name)
-        return self.module.apply(params, z, capture=tuple(capture), edits=edits)
-
-    def h(self, params, z, layers, edits: Mapping[str, Edit] = None):
-        """Runs up to the deepest of `layers` (featuremaps or styles); returns {name: value}."""
-        layers = (layers,) if isinstance(layers, str) else tuple(layers)
-        stop = 1 + max(self.layer_index(name) for name in layers)
-        return self.module.apply(params, z, stop=stop, capture=layers, edits=edits)[1]
-
-    def f(self, params, r, layer, z, edits: Mapping[str, Edit] = None, capture=()):
-        """The image with `layer`'s output replaced by `r`, for the latents `z` that gave it.
-
-        Under jit, what only fed `layer` is dead code and is not computed; the
-        earlier blocks still run for the image they accumulate. With
-        `capture`, returns (image, {name: value}) instead.
-        """
-        edits = {**(edits or {}), layer: lambda _: r}
-        image, captured = self(params, z, edits=edits, capture=capture)
-        return (image, captured) if capture else image
