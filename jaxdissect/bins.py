@@ -68,7 +68,8 @@ def threshold_values(lo, hi, cell_bin):
 def tail_cell_bins(cell_counts, bins):
     """(U, cells) table placing `bins` bins from a calibration histogram `cell_counts` (U, cells).
 
-    One edge sits at the cell nearest each of LEVEL_FRACTIONS; the other
+    One edge sits at the cell nearest each of LEVEL_FRACTIONS (an evenly
+    spread subset of them when they would take over half the bins); the other
     bins are equal steps of a coordinate that blends position in value
     (weight 1 - TAIL_SHARE) with log tail fraction down to TAIL_SMALLEST
     (weight TAIL_SHARE): fine where the tail thins, never coarse in value.
@@ -76,26 +77,28 @@ def tail_cell_bins(cell_counts, bins):
     """
     cell_counts = np.asarray(cell_counts, np.float64)
     units, cells = cell_counts.shape
-    if cells < bins or bins <= len(LEVEL_FRACTIONS):
-        raise ValueError(f"{cells} cells cannot hold {bins} bins, or {bins} bins are too few")
+    if cells < bins:
+        raise ValueError(f"{cells} cells cannot hold {bins} bins")
+    levels = LEVEL_FRACTIONS[np.unique(np.linspace(0, len(LEVEL_FRACTIONS) - 1, min(len(LEVEL_FRACTIONS), bins // 2))
+                                       .round().astype(int))]
     tail = np.cumsum(cell_counts[:, ::-1], axis=1)[:, ::-1] / np.maximum(cell_counts.sum(axis=1, keepdims=True), 1)
     log_tail = np.minimum(np.log(np.maximum(tail, TAIL_SMALLEST)) / np.log(TAIL_SMALLEST), 1.0)
     blend = (1 - TAIL_SHARE) * np.arange(cells) / cells + TAIL_SHARE * log_tail       # (U, cells), from 0
-    steps = bins - len(LEVEL_FRACTIONS)
+    steps = bins - len(levels)
     step = np.minimum(np.floor(blend * steps), steps - 1)
     table = np.empty((units, cells), smallest_uint(bins - 1))
     for u in range(units):
-        starts = np.union1d(np.flatnonzero(np.diff(step[u], prepend=-1)), _nearest_tail_cells(tail[u]))
+        starts = np.union1d(np.flatnonzero(np.diff(step[u], prepend=-1)), _nearest_tail_cells(tail[u], levels))
         starts = _split_widest(starts, cells, bins)
         table[u] = np.searchsorted(starts, np.arange(cells), side="right") - 1
     return table
 
 
-def _nearest_tail_cells(tail):
-    """For each of LEVEL_FRACTIONS, the cell whose tail (share at or above it) is nearest in ratio."""
-    below = np.minimum(np.searchsorted(-tail, -LEVEL_FRACTIONS, side="right"), len(tail) - 1)
+def _nearest_tail_cells(tail, fractions):
+    """For each fraction, the cell whose tail (share at or above it) is nearest in ratio."""
+    below = np.minimum(np.searchsorted(-tail, -fractions, side="right"), len(tail) - 1)
     above = np.maximum(below - 1, 0)
-    ratio = lambda cell: np.abs(np.log(np.maximum(tail[cell], 1e-300) / LEVEL_FRACTIONS))
+    ratio = lambda cell: np.abs(np.log(np.maximum(tail[cell], 1e-300) / fractions))
     return np.where(ratio(below) < ratio(above), below, above)
 
 

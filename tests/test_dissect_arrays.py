@@ -134,3 +134,18 @@ def test_cli_refusals_are_one_line_and_leave_nothing(tmp_path):
                                    f"--outdir={outdir}"), "--arrays=", "no such file")
     assert_one_line_error(run_main("--mode=dissect_arrays", f"--arrays={tmp_path / 'good.npz'}",
                                    f"--outdir={tmp_path}"), "holds files that are not a dissection's")
+
+
+def test_statistics_of_an_older_version_are_refused_in_one_line(tmp_path):
+    """Statistics saved with equal-width bins (no `cell_bin` table) cannot be relabelled: one line."""
+    np.savez(tmp_path / "good.npz", **small_case())
+    outdir = tmp_path / "out"
+    result = run_main("--mode=dissect_arrays", f"--arrays={tmp_path / 'good.npz'}", f"--outdir={outdir}",
+                      "--batch_size=2", "--bins=8")
+    assert result.returncode == 0, result.stderr
+    stats_path = outdir / "stats" / "layerA.npz"
+    with np.load(stats_path) as data:
+        older = {name: data[name] for name in data.files if name != "cell_bin"}
+    np.savez(stats_path, **older)
+    assert_one_line_error(run_main("--mode=report", f"--outdir={outdir}", "--readout=paper"),
+                          str(stats_path), "older jaxdissect")

@@ -23,8 +23,10 @@ from jaxdissect.io.files import check_writable_folder
 
 flags.DEFINE_list("layers", ["layer4"], "dissect: generator layers to dissect (one pass serves them all).")
 flags.DEFINE_integer("samples", 10000, "dissect: number of generated samples.")
-flags.DEFINE_integer("bins", 256, "dissect: histogram bins per unit; thresholds are bin edges, so a quantile "
-                     "threshold is within one bin of the exact quantile and every count at it is exact.")
+flags.DEFINE_integer("bins", 256, "dissect: histogram bins per unit (2..4096), placed from the calibration "
+                     "samples (an edge at each iqr level, the rest by value and tail fraction); thresholds are bin "
+                     "edges, so a quantile threshold is within one bin of the exact quantile and every count at it "
+                     "is exact.")
 flags.DEFINE_integer("top_k", 12, "dissect: samples kept per unit, by peak activation.")
 flags.DEFINE_integer("report_images", 8, "dissect/report: top samples shown per unit in report.html.")
 flags.DEFINE_enum("readout", "reference", ["reference", "paper"],
@@ -55,9 +57,10 @@ flags.DEFINE_integer("checkpoint_every", 20, "dissect: batches between checkpoin
 
 
 def settings_from_flags():
+    from jaxdissect import bins
     from jaxdissect.dissection.engine import DissectSettings
     checks = [("samples", FLAGS.samples >= 1), ("batch_size", FLAGS.batch_size >= 1),
-              ("bins", FLAGS.bins >= 2), ("top_k", FLAGS.top_k >= 1), ("downsample", FLAGS.downsample >= 1),
+              ("bins", 2 <= FLAGS.bins <= bins.CELLS), ("top_k", FLAGS.top_k >= 1), ("downsample", FLAGS.downsample >= 1),
               ("quantile", 0 < FLAGS.quantile < 1), ("iqr_levels", FLAGS.iqr_levels >= 2),
               ("iqr_smallest_fraction", 0 < FLAGS.iqr_smallest_fraction <= 1),
               ("checkpoint_every", FLAGS.checkpoint_every >= 1)]
