@@ -98,10 +98,11 @@ def _silence_reported_failures():
 
 
 def write_params(path, params):
-    """Writes a pytree of arrays as an orbax checkpoint at `path` (absolute)."""
+    """Writes a pytree of arrays as an orbax checkpoint at `path` (absolute), synchronously (orbax's
+    background writer, on a failure, leaves threads writing that hold the process up at exit)."""
     params = _to_numpy(params)
-    with orbax_writes(path), ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.abspath(path), params)
+    with orbax_writes(path), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        checkpointer.save(os.path.abspath(path), args=ocp.args.StandardSave(params))
 
 
 def read_params(path):

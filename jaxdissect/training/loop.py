@@ -1,5 +1,4 @@
 """The pieces every training run shares: resumable checkpoints, metric logs, progress."""
-import contextlib
 import glob
 import json
 import os
@@ -18,38 +17,26 @@ from jaxdissect.io import files
 class Checkpoints:
     """Keeps the latest training states under WORKDIR/checkpoints (orbax).
 
-    A failed save (e.g. on a full disk) raises an OSError naming the
-    checkpoints folder and leaves no partial checkpoint behind; the earlier
-    checkpoints stay, so a rerun resumes from the last one.
+    Saves are synchronous: a failed one (e.g. on a full disk) raises an
+    OSError naming the checkpoints folder and leaves no partial checkpoint
+    behind; the earlier checkpoints stay, so a rerun resumes from the last.
+    (Orbax's background saves, on such a failure, leave threads writing
+    that hold the process up to minutes at exit.)
     """
 
     def __init__(self, workdir, keep=2):
         self.folder = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self.manager = ocp.CheckpointManager(self.folder, options=ocp.CheckpointManagerOptions(max_to_keep=keep))
+        self.manager = ocp.CheckpointManager(self.folder, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=False))
 
     def latest_step(self):
         return self.manager.latest_step()
 
-    def save(self, step, state, wait=True):
-        """Saves `state` as `step`. With wait=False the files are written in the background (orbax
-        copies the arrays first, so they may be donated right after); the next save waits for it, and
-        raises its failure."""
-        with self._writing():
-            self.manager.save(step, args=ocp.args.StandardSave(state))
-            if wait:
-                self.manager.wait_until_finished()
-
-    def wait(self):
-        """Returns once every background save has been written; raises a failed one's error."""
-        with self._writing():
-            self.manager.wait_until_finished()
-
-    @contextlib.contextmanager
-    def _writing(self):
-        """Orbax writes whose failure removes the unfinished checkpoint (orbax's temporary folder)."""
+    def save(self, step, state):
+        """Saves `state` as `step`; returns once it is written."""
         try:
             with orbax_writes(self.folder):
-                yield
+                self.manager.save(step, args=ocp.args.StandardSave(state))
         except Exception:
             for unfinished in glob.glob(os.path.join(self.folder, "*" + ocp.path.atomicity.TMP_DIR_SUFFIX + "*")):
                 shutil.rmtree(unfinished, ignore_errors=True)
