@@ -6,7 +6,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxdissect import cli
+from jaxdissect import cli, progress
 from jaxdissect.cli import all_modes, common  # noqa: F401  (registers the modes and their flags)
 from jaxdissect.errors import UserError
 
@@ -36,12 +36,18 @@ def main(argv):
         common.init_distributed()
         cli.MODES[FLAGS.mode][1]()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     except OSError as e:  # a file-system failure no mode foresaw (e.g. a full disk): the path and the reason
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        print_error(os_error_line(e))
         return 2
     return 0
+
+
+def print_error(text):
+    """'error: TEXT' on a line of its own (after an interrupted progress line)."""
+    progress.end_line()
+    print(f"error: {text}", file=sys.stderr)
 
 
 def os_error_line(error):

@@ -7,17 +7,24 @@ A model folder looks like::
 
 Writes are atomic: everything goes to a hidden sibling folder that is renamed
 onto DIR only once complete, so a failed conversion never leaves a partial DIR.
+A file-system failure of an orbax write (e.g. a full disk) is raised as one
+OSError naming the folder written (`orbax_writes`), and orbax's own reports of
+it from its threads are silenced, so that main.py prints it as one line.
 """
 import contextlib
+import functools
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdissect.errors import UserError
+from jaxdissect.io import files
 
 META_FILE = "meta.json"
 PARAMS_DIR = "params"
@@ -45,16 +52,57 @@ def atomic_directory(dst, replace=False):
             os.rename(dst, retired)
         os.rename(tmp, dst)
         shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise files.named_failure(e, dst, tmp) or e
+
+
+@contextlib.contextmanager
+def orbax_writes(path):
+    """Runs orbax writes under the folder `path`: a file-system failure in them is raised as an OSError
+    naming `path` (orbax raises tensorstore's as a ValueError, and logs it from its threads first)."""
+    _silence_reported_failures()
+    try:
+        yield
+    except Exception as e:
+        raise files.named_failure(e, path, path) or e
+
+
+def _is_closed_loop_callback(unraisable):
+    """True for the error a tensorstore callback meets when orbax has closed a failed write's event loop."""
+    error = unraisable.exc_value
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and unraisable.object is None
+
+
+class _ReportedFailureRecords(logging.Filter):
+    """Drops log records (with tracebacks) of file-system failures: orbax's threads log one several times
+    (through absl, and asyncio for its tasks) before `orbax_writes` raises it anyway."""
+
+    def filter(self, record):
+        return not (record.exc_info and files.os_error_code(record.exc_info[1]) is not None)
+
+
+@functools.cache
+def _silence_reported_failures():
+    """Silences orbax's reports of the failures `orbax_writes` raises: its log records, and the
+    'Event loop is closed' that tensorstore's callbacks raise (unraisable) once orbax has closed a
+    failed write's event loop."""
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_ReportedFailureRecords())
+    report = sys.unraisablehook
+
+    def unraisable_hook(unraisable):
+        if not _is_closed_loop_callback(unraisable):
+            report(unraisable)
+    sys.unraisablehook = unraisable_hook
 
 
 def write_params(path, params):
-    """Writes a pytree of arrays as an orbax checkpoint at `path` (absolute)."""
+    """Writes a pytree of arrays as an orbax checkpoint at `path` (absolute), synchronously (orbax's
+    background writer, on a failure, leaves threads writing that hold the process up at exit)."""
     params = _to_numpy(params)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.abspath(path), params)
+    with orbax_writes(path), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        checkpointer.save(os.path.abspath(path), args=ocp.args.StandardSave(params))
 
 
 def read_params(path):

@@ -4,6 +4,17 @@ import time
 
 import jax
 
+_unfinished_line = None   # the stream whose last progress line has no newline yet
+
+
+def end_line():
+    """Ends an unfinished progress line, so that what is printed next (e.g. an error) starts a line."""
+    global _unfinished_line
+    if _unfinished_line is not None:
+        _unfinished_line.write("\n")
+        _unfinished_line.flush()
+        _unfinished_line = None
+
 
 class Progress:
     """Prints `label [####    ] done/total unit, rate, eta`, at most every `interval` seconds.
@@ -34,6 +45,7 @@ class Progress:
             self._print(now, final=done >= self.total)
 
     def _print(self, now, final):
+        global _unfinished_line
         if not self.enabled:
             return
         elapsed = max(now - self.started, 1e-9)
@@ -50,4 +62,5 @@ class Progress:
                           f"{self.done}/{self.total} {self.unit} {rate:.1f}/s {tail}  ")
         if final:
             self.stream.write("\n")
+        _unfinished_line = None if final else self.stream
         self.stream.flush()

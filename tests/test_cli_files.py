@@ -3,35 +3,14 @@ file-system failures (missing, not a folder, read-only, full), nothing left half
 overwrites. (generate -> segment on the toy models: tests/test_readme.py, which runs the README's.)"""
 import contextlib
 import os
-import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
-from cli_helpers import REPO, assert_one_line_error, run_main
+from cli_helpers import REPO, assert_refused, listing, run_main, tmpfs
 
 TOY = os.path.join(REPO, "weights", "toy")
-PROGRESS = re.compile(r".* \[[# ]+\] \d+/\d+ ")
 GENERATOR, SEGMENTER = f"--generator={TOY}/generator", f"--segmenter={TOY}/segmenter"
-
-
-def listing(folder):
-    """Every path under `folder`, hidden ones included."""
-    return sorted(os.path.relpath(os.path.join(root, name), folder)
-                  for root, dirs, names in os.walk(folder) for name in dirs + names)
-
-
-def assert_refused(args, fragments, folder):
-    """main.py ARGS: exit code 2, one stderr line (besides progress bars) naming every fragment, `folder`
-    unchanged."""
-    before = listing(folder)
-    result = run_main(*args)
-    assert_one_line_error(result, *fragments)
-    lines = [line for line in result.stderr.strip().splitlines() if not PROGRESS.match(line)]
-    assert len(lines) == 1, result.stderr
-    assert listing(folder) == before
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +21,6 @@ def latents(tmp_path_factory):
     z[1, 5] = np.nan
     np.save(folder / "nan.npy", z[:4])
     return folder
-
-
-@contextlib.contextmanager
-def tmpfs(path, options):
-    """A tmpfs mounted at `path` with mount `options` (root only; skips otherwise)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    os.makedirs(path)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 @contextlib.contextmanager

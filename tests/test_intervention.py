@@ -271,8 +271,8 @@ def test_search_killed_and_resumed_equals_an_uninterrupted_run(off_grid, tmp_pat
     whole = run(tmp_path / "whole")
     save = search.Checkpoints.save
 
-    def save_then_die(self, step, state, wait=True):
-        save(self, step, state, wait)
+    def save_then_die(self, step, state):
+        save(self, step, state)
         if step == 3:
             raise Killed()
     monkeypatch.setattr(search.Checkpoints, "save", save_then_die)

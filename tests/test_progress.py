@@ -71,3 +71,15 @@ def test_a_resumed_dissection_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(engine, "_main_fold_fn", real_step_fn)
     engine.collect_statistics(source, settings, str(tmp_path))
     assert "dissection (units x classes): resuming at sample 32 of 100\n" in capsys.readouterr().err
+
+
+def test_an_interrupted_progress_line_is_ended_before_what_follows():
+    out = io.StringIO()
+    bar = progress.Progress("pass", 100, stream=out, interval=0)
+    bar.update(10)
+    progress.end_line()
+    out.write("error: ...\n")
+    assert out.getvalue().splitlines()[-1] == "error: ..."
+    bar.update(100)                       # a finished line needs no ending
+    progress.end_line()
+    assert out.getvalue().endswith("s  \n")

@@ -114,12 +114,10 @@ class _Run:
     def restore(self, template):
         return self.checkpoints.restore(template)
 
-    def save(self, state, wait=True):
+    def save(self, state):
         state["saves"] = state["saves"] + 1
-        # A copy (the next updates donate the state's buffers while a background save may still read
-        # it), every leaf global and replicated, so that all processes write one checkpoint together.
-        snapshot = jax.device_put(state, parallel.replicated(), may_alias=False)
-        self.checkpoints.save(int(state["saves"]), snapshot, wait)
+        # Every leaf global and replicated, so that all processes write one checkpoint together.
+        self.checkpoints.save(int(state["saves"]), jax.device_put(state, parallel.replicated()))
 
 
 def collect_statistics(source, settings, outdir, model_ids=None):
@@ -150,15 +148,12 @@ def collect_statistics(source, settings, outdir, model_ids=None):
                        for name in layers}}
     run = _Run(outdir, settings.statistics_key(model_ids or {}))
     state = jax.device_put(run.restore(state), parallel.replicated())
-    try:
-        if int(state["phase"]) == 1:
-            state = _range_pass(source, settings, state, run)
-        if int(state["phase"]) == 2:
-            state = _bin_placement_pass(source, settings, state, run, seg_shape[2:], joint_init)
-        if int(state["phase"]) == 3:
-            state = _main_pass(source, settings, state, run, jnp.asarray(label_category))
-    finally:
-        run.checkpoints.wait()   # also when interrupted: no save left half-written behind the caller's back
+    if int(state["phase"]) == 1:
+        state = _range_pass(source, settings, state, run)
+    if int(state["phase"]) == 2:
+        state = _bin_placement_pass(source, settings, state, run, seg_shape[2:], joint_init)
+    if int(state["phase"]) == 3:
+        state = _main_pass(source, settings, state, run, jnp.asarray(label_category))
     return {name: (jax.tree.map(parallel.to_host, state["range"][name]),
                    jax.tree.map(parallel.to_host, state["joint"][name])) for name in layers}
 
@@ -183,7 +178,7 @@ def _passes(settings, state, run, label, samples, step):
         queued = done
         batches += 1
         if batches % settings.checkpoint_every == 0 and start < samples:
-            run.save(state, wait=False)   # written while the next batches run
+            run.save(state)
     if queued is not None:
         progress.update(int(queued))
     return state

@@ -7,6 +7,7 @@ is removed.
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -28,8 +29,7 @@ def atomic_open(path, mode="w"):
         os.replace(tmp, path)
     except BaseException as e:
         os.unlink(tmp)
-        _raise_naming(e, path)
-        raise
+        raise named_failure(e, path, tmp) or e
 
 
 @contextlib.contextmanager
@@ -50,14 +50,31 @@ def atomic_folder(path):
             os.replace(tmp, path)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        _raise_naming(e, path)
-        raise
+        raise named_failure(e, path, tmp) or e
 
 
-def _raise_naming(error, path):
-    """Raises an OSError that names no file (a failed write, e.g. on a full disk) again, naming `path`."""
-    if isinstance(error, OSError) and error.filename is None and error.errno is not None:
-        raise OSError(error.errno, error.strerror, path) from error
+def os_error_code(error):
+    """The errno of a file-system failure: an OSError's, or the OS error code that tensorstore (orbax's
+    writer) puts in the text of its ValueError; None for any other error."""
+    if isinstance(error, OSError):
+        return error.errno
+    found = re.search(r"os_error_code='(\d+)'", str(error)) if isinstance(error, ValueError) else None
+    return int(found[1]) if found else None
+
+
+def named_failure(error, path, inside):
+    """`error` as an OSError naming `path` if it is a file-system failure (e.g. a full disk) that names no
+    file or a file under `inside` (a temporary about to be removed); else None."""
+    code = os_error_code(error)
+    filename = getattr(error, "filename", None)
+    if code is None or (filename is not None and not _is_under(str(filename), inside)):
+        return None
+    return OSError(code, os.strerror(code), path)
+
+
+def _is_under(name, folder):
+    name, folder = os.path.abspath(name), os.path.abspath(folder)
+    return name == folder or name.startswith(folder + os.sep)
 
 
 def save_npz(path, arrays, compressed=False):
@@ -73,6 +90,23 @@ def save_json(path, value):
 def save_text(path, text):
     with atomic_open(path) as f:
         f.write(text)
+
+
+def append_line(path, line):
+    """Appends `line` and a newline to the file `path`; if that fails (e.g. on a full disk), the file is
+    cut back to what it held and the OSError names `path`."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        data = (line + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise named_failure(e, path, path) or e
+    finally:
+        os.close(fd)
 
 
 def check_writable_folder(path, flag, value=None):

@@ -1,6 +1,8 @@
 """The pieces every training run shares: resumable checkpoints, metric logs, progress."""
+import glob
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -8,28 +10,37 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxdissect.checkpoint import orbax_writes
+from jaxdissect.io import files
+
 
 class Checkpoints:
-    """Keeps the latest training states under WORKDIR/checkpoints (orbax)."""
+    """Keeps the latest training states under WORKDIR/checkpoints (orbax).
+
+    Saves are synchronous: a failed one (e.g. on a full disk) raises an
+    OSError naming the checkpoints folder and leaves no partial checkpoint
+    behind; the earlier checkpoints stay, so a rerun resumes from the last.
+    (Orbax's background saves, on such a failure, leave threads writing
+    that hold the process up to minutes at exit.)
+    """
 
     def __init__(self, workdir, keep=2):
-        self.manager = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(workdir, "checkpoints")),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep))
+        self.folder = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.manager = ocp.CheckpointManager(self.folder, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=False))
 
     def latest_step(self):
         return self.manager.latest_step()
 
-    def save(self, step, state, wait=True):
-        """Saves `state` as `step`. With wait=False the files are written in the background (orbax
-        copies the arrays first, so they may be donated right after); the next save waits for it."""
-        self.manager.save(step, args=ocp.args.StandardSave(state))
-        if wait:
-            self.manager.wait_until_finished()
-
-    def wait(self):
-        """Returns once every background save has been written."""
-        self.manager.wait_until_finished()
+    def save(self, step, state):
+        """Saves `state` as `step`; returns once it is written."""
+        try:
+            with orbax_writes(self.folder):
+                self.manager.save(step, args=ocp.args.StandardSave(state))
+        except Exception:
+            for unfinished in glob.glob(os.path.join(self.folder, "*" + ocp.path.atomicity.TMP_DIR_SUFFIX + "*")):
+                shutil.rmtree(unfinished, ignore_errors=True)
+            raise
 
     def restore(self, template):
         """The latest state, shaped like `template`; `template` itself if there is none."""
@@ -55,8 +66,7 @@ class MetricLog:
         if self.first_step is None:
             self.first_step, self.started = step, now
         record = {"step": step, "time": now, **metrics}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        files.append_line(self.path, json.dumps(record))
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"[{self.name}] step {step}/{self.total_steps} {self.speed(step, now, items_per_step)} {shown}",
               file=sys.stderr, flush=True)
