@@ -9,7 +9,9 @@ generator and segmenter, for both the ablated and the inserted images) and
 then steps/s and samples/s over --steps steps, each on a fresh batch of
 latents as the search makes them. Then it runs the same 6-step search on 1 and
 on 8 simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count,
-each in its own process) and prints the largest |alpha difference|.
+each in its own process) and prints the largest |alpha difference|, beside
+how far the objective's gradient moves on one device when the latents are
+perturbed by 1e-7 (relative): the float noise the device count also brings.
 Insertion values are 1 for every unit and alpha starts at 0.5: speed does
 not depend on them.
 """
@@ -25,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import parallel
-from jaxdissect.causal import search
+from jaxdissect.causal import location, search
+from jaxdissect.causal.ace import causal_effect
 from jaxdissect.models.load import load_generator
 from jaxdissect.segmentation.segmenter import Segmenter
 
@@ -75,6 +78,32 @@ def step_rate(args, generator, g_params, segmenter, s_params):
         state, metrics = step(state, g_params, s_params, value, batch(t))
     jax.block_until_ready(metrics)
     return compile_s, args.steps / (time.time() - started)
+
+
+def gradient_sensitivity(args, generator, g_params, segmenter, s_params, relative=1e-7):
+    """max |d objective / d alpha| change, over one batch, when every latent is scaled by (1 + relative noise):
+    the search's gradient is not a smooth function of the featuremap at float resolution (leaky ReLU and
+    max-pool kinks), so float noise of this size can move it far more than itself."""
+    settings = search.AlphaSearchSettings(layer=args.layer, class_index=args.class_index,
+                                          batch_size=args.batch_size, downsample=args.downsample,
+                                          region=args.ace_region)
+    units = generator.featuremap_shape(args.layer)[-1]
+    presence = jnp.ones(generator.featuremap_shape(args.layer)[:2], jnp.float32)
+    index = jnp.arange(args.batch_size)
+    z = parallel.latents_at(settings.seed, index, generator.latent_size)
+
+    @jax.jit
+    def grad(z):
+        def ace(alpha):
+            if args.ace_region == "image":
+                return causal_effect(generator, g_params, segmenter, s_params, args.layer, alpha, jnp.ones(units),
+                                     args.class_index, z, args.downsample)["ace"]
+            return location.location_effect(generator, g_params, segmenter, s_params, args.layer, alpha,
+                                            jnp.ones(units), args.class_index, z, index, presence, settings.seed,
+                                            settings.probes, args.downsample)["ace"]
+        return jax.grad(ace)(jnp.linspace(0.2, 0.8, units))
+    noise = jax.random.normal(jax.random.PRNGKey(0), z.shape)
+    return float(jnp.max(jnp.abs(grad(z * (1 + relative * noise)) - grad(z)))), float(jnp.max(jnp.abs(grad(z))))
 
 
 def six_step_alpha(args, workdir):
@@ -134,6 +163,9 @@ def main():
               f"{rate * args.batch_size:.1f} samples/s over {args.steps} steps")
         diff = device_agreement(args, tmp)
         print(f"alpha after 6 steps, 1 vs 8 devices: max |difference| = {diff:.2e}")
+        change, size = gradient_sensitivity(args, generator, g_params, segmenter, s_params)
+        print(f"objective's gradient on 1 device, latents x (1 + 1e-7 noise): max |change| = {change:.2e} "
+              f"(max |gradient| {size:.2e})")
 
 
 if __name__ == "__main__":

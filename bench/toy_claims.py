@@ -1,12 +1,15 @@
 """The paper's causal claims in miniature, measured on the toy world through main.py.
 
     python bench/toy_claims.py [--ace_region=location] [--insert_value=quantile] [--ace_steps=300]
-        [--eval_samples=200] [--context_samples=8] [--root=runs/claims] [--summary=FILE]
+        [--ace_batch_size=16] [--door_ace_steps=N] [--door_ace_batch_size=N] [--eval_samples=200]
+        [--context_samples=8] [--root=runs/claims] [--summary=FILE]
 
 Runs, through the command line a user would type:
 
 1. the toy dissection of --layer (--flagfile, configs/toy.cfg: 10,000 samples);
-2. the alpha search for 'tree' and for 'door' at --layer (`--mode=ace`);
+2. the alpha search for 'tree' and for 'door' at --layer (`--mode=ace`;
+   --door_ace_steps and --door_ace_batch_size give the door search its own
+   length);
 3. ablation of the top-20 alpha-ranked tree units, the top-20 IoU-ranked
    ones and 20 random units on held-out samples (`--mode=ablate`);
 4. door units inserted at every position of held-out samples, the effect
@@ -138,6 +141,8 @@ def main():
     parser.add_argument("--ace_region", default="location", choices=["location", "image"])
     parser.add_argument("--ace_steps", type=int, default=300)
     parser.add_argument("--ace_batch_size", type=int, default=16)
+    parser.add_argument("--door_ace_steps", type=int, help="the door search's steps (default: --ace_steps)")
+    parser.add_argument("--door_ace_batch_size", type=int, help="the door search's batch (default: --ace_batch_size)")
     parser.add_argument("--ace_lr", type=float, default=0.01)
     parser.add_argument("--ace_prior_samples", type=int, default=512)
     parser.add_argument("--insert_value", default="quantile", choices=["mean", "quantile"])
@@ -151,19 +156,21 @@ def main():
     samples = [f"--samples={args.dissect_samples}"] if args.dissect_samples else []
     dissection = run_step(root, flagfile, "dissect", "--mode=dissect", f"--layers={args.layer}", *samples)
     common = [f"--dissection={dissection}", f"--layer={args.layer}"]
+    length = {"tree": (args.ace_steps, args.ace_batch_size),
+              "door": (args.door_ace_steps or args.ace_steps, args.door_ace_batch_size or args.ace_batch_size)}
     ace = {name: run_step(root, flagfile, f"ace-{name}", "--mode=ace", *common, f"--class_name={name}",
-                          f"--ace_region={args.ace_region}", f"--ace_steps={args.ace_steps}",
-                          f"--ace_batch_size={args.ace_batch_size}", f"--ace_lr={args.ace_lr}",
-                          f"--ace_prior_samples={args.ace_prior_samples}",
+                          f"--ace_region={args.ace_region}", f"--ace_steps={steps}", f"--ace_batch_size={batch}",
+                          f"--ace_lr={args.ace_lr}", f"--ace_prior_samples={args.ace_prior_samples}",
                           f"--insert_value={args.insert_value}")
-           for name in ("tree", "door")}
+           for name, (steps, batch) in length.items()}
     ace_json = {name: os.path.join(folder, "ace.json") for name, folder in ace.items()}
     ablate = run_step(root, flagfile, "ablate-tree", "--mode=ablate", *common, "--class_name=tree",
                       f"--ace={ace_json['tree']}", "--ablate_counts=20", f"--eval_samples={args.eval_samples}",
                       f"--random_draws={args.random_draws}")
     insert = run_step(root, flagfile, "insert-door", "--mode=insert", *common, "--class_name=door",
                       f"--ace={ace_json['door']}", f"--context_samples={args.context_samples}")
-    claims = {"ace_region": args.ace_region, "insert_value": args.insert_value, "ace_steps": args.ace_steps,
+    claims = {"ace_region": args.ace_region, "insert_value": args.insert_value,
+              "ace_steps_and_batch": {name: list(v) for name, v in length.items()},
               "eval_samples": args.eval_samples, "context_samples": args.context_samples,
               "alpha_zero": {name: load(path)["alpha_zero"] for name, path in ace_json.items()},
               "folders": {"dissection": dissection, **{f"ace_{k}": v for k, v in ace.items()},
