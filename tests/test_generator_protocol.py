@@ -234,12 +234,18 @@ def test_dcgan_ablate_mode_counts_the_segmenters_pixels(dcgan_dissection):
 
 def test_factory_refusals_are_one_line(tmp_path):
     (tmp_path / "bad.py").write_text("def not_a_pair():\n    return 3\n\n"
-                                     "def not_a_generator():\n    return object(), {}\n")
+                                     "def not_a_generator():\n    return object(), {}\n\n"
+                                     "def unknown_layer():\n"
+                                     f"    import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+                                     "    from jaxdissect.models.flax_adapter import FlaxGenerator\n"
+                                     "    from test_generator_protocol import DCGAN\n"
+                                     "    return FlaxGenerator(DCGAN(), layers=('up64',), latent_size=16), {}\n")
     for spec, fragment in ((f"{tmp_path / 'nope.py'}:make", "cannot import"),
                            ("no_such_package.gans:make", "cannot import no_such_package.gans"),
                            (f"{tmp_path / 'bad.py'}:make", "has no function 'make'"),
                            (f"{tmp_path / 'bad.py'}:not_a_pair", "must return (generator, params); it returned a int"),
-                           (f"{tmp_path / 'bad.py'}:not_a_generator", "the generator lacks latent_size, resolution")):
+                           (f"{tmp_path / 'bad.py'}:not_a_generator", "the generator lacks latent_size, resolution"),
+                           (f"{tmp_path / 'bad.py'}:unknown_layer", "unknown layer 'up64'")):
         result = run_main("--mode=generate", f"--generator={spec}", f"--z={tmp_path / 'z.npy'}",
                           f"--out={tmp_path / 'out.npz'}")
         assert_one_line_error(result, f"--generator={spec}", fragment)

@@ -24,6 +24,10 @@ import jax.numpy as jnp
 from jaxdissect.models.generator import Generator
 
 
+class AdapterError(ValueError):
+    """A FlaxGenerator's module or layer names do not fit the protocol (main.py reports it in one line)."""
+
+
 def submodule_name(module):
     """The '/'-joined path of a bound module in its tree ('' for the root)."""
     return "/".join(module.path)
@@ -64,15 +68,15 @@ class FlaxGenerator(Generator):
         object.__setattr__(self, "image_range", tuple(float(v) for v in self.image_range))
         image, outputs = self.shapes
         if len(image) != 4 or image[1] != image[2] or image[3] != 3:
-            raise ValueError(f"the module makes arrays of shape {image}; expected square NHWC RGB images "
-                             "(N, R, R, 3)")
+            raise AdapterError(f"the module makes arrays of shape {image}; expected square NHWC RGB images "
+                               "(N, R, R, 3)")
         unknown = [name for name in self.layers if name not in outputs]
         if unknown:
-            raise ValueError(f"unknown layer {unknown[0]!r}; the module's submodules: {', '.join(outputs)}")
+            raise AdapterError(f"unknown layer {unknown[0]!r}; the module's submodules: {', '.join(outputs)}")
         flat = [name for name in self.layers if len(outputs[name]) != 4]
         if flat:
-            raise ValueError(f"layer {flat[0]!r} returns shape {outputs[flat[0]]}; a layer must return a "
-                             "featuremap (N, H, W, U)")
+            raise AdapterError(f"layer {flat[0]!r} returns shape {outputs[flat[0]]}; a layer must return a "
+                               "featuremap (N, H, W, U)")
 
     @functools.cached_property
     def shapes(self):
@@ -116,8 +120,8 @@ class FlaxGenerator(Generator):
             if name not in self.layers:
                 return value
             if name in captured:
-                raise ValueError(f"layer {name!r} is called more than once per forward; name a submodule "
-                                 "that is called once")
+                raise AdapterError(f"layer {name!r} is called more than once per forward; name a submodule "
+                                   "that is called once")
             value = edits[name](value) if name in edits else value
             captured[name] = value
             return value

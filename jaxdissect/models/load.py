@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxdissect.checkpoint import load_model
 from jaxdissect.errors import UserError
+from jaxdissect.models.flax_adapter import AdapterError
 from jaxdissect.models.proggan import ProGAN
 from jaxdissect.models.stylegan2 import StyleGAN2
 
@@ -70,7 +71,10 @@ def generator_from_factory(spec):
     factory = getattr(module, name, None)
     if not callable(factory):
         raise UserError(f"--generator={spec}: {where} has no function {name!r}")
-    made = factory()
+    try:
+        made = factory()
+    except AdapterError as e:
+        raise UserError(f"--generator={spec}: {e}") from None
     if not (isinstance(made, tuple) and len(made) == 2):
         raise UserError(f"--generator={spec}: the factory must return (generator, params); it returned "
                         f"a {type(made).__name__}")
