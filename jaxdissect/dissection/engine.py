@@ -185,7 +185,8 @@ def _passes(settings, state, run, label, samples, step):
 
 
 def _range_pass(source, settings, state, run):
-    """Fixes every unit's histogram range from the first calibration samples."""
+    """Fixes every unit's histogram range from the first calibration samples (not checkpointed at its
+    end: a run killed before the bins are placed redoes this short pass)."""
     fold = _range_fold_fn(tuple(settings.layers))
 
     def step(state, start, index):
@@ -194,7 +195,6 @@ def _range_pass(source, settings, state, run):
     samples = min(settings.calibration_samples, settings.samples)
     state = _passes(settings, state, run, "calibration (unit ranges)", samples, step)
     state.update(phase=jnp.int32(2), next_sample=jnp.int32(0))
-    run.save(state)
     return state
 
 
