@@ -12,8 +12,13 @@ from jaxdissect.io.files import check_writable_folder
 flags.DEFINE_string("workdir", None, "Training folder: checkpoints, metrics.jsonl and the exported model folders.")
 flags.DEFINE_integer("train_steps", 20000, "Total optimiser steps of a training run (a resumed run continues to this).")
 flags.DEFINE_integer("train_batch_size", 32, "Images per training step.")
+flags.DEFINE_enum("gan_arch", "proggan", ["proggan", "stylegan2"],
+                  "Architecture of the toy generator (GAN training); both train against the same ProGAN-style "
+                  "discriminator, widths --gan_sizes[1:].")
 flags.DEFINE_list("gan_sizes", ["128", "128", "128", "32", "16", "8"],
-                  "ProGAN channel table of the toy generator: latent size, then channels at 4x4, 8x8, ...")
+                  "Channel table of the toy generator: latent size (z, and w for a StyleGAN2), then channels at "
+                  "4x4, 8x8, ...; the image is 4 * 2**(len - 2) pixels square.")
+flags.DEFINE_integer("mapping_layers", 2, "StyleGAN2 only: fully connected layers of its mapping network z -> w.")
 flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate.")
 flags.DEFINE_float("r1_gamma", 0.2, "Weight of the R1 gradient penalty on real images (GAN training).")
 flags.DEFINE_integer("train_seed", 0, "Seed of the initial weights and of the training data stream.")
@@ -31,7 +36,7 @@ flags.DEFINE_integer("seg_input_size", 128, "Network input size of the toy segme
 FLAGS = flags.FLAGS
 
 
-@register("train_gan", "Train the toy world's ProGAN generator and discriminator (resumable).")
+@register("train_gan", "Train the toy world's generator (ProGAN or StyleGAN2) and discriminator (resumable).")
 def run_train_gan():
     from jaxdissect.cli.common import require
     from jaxdissect.toyworld import world
@@ -39,7 +44,8 @@ def run_train_gan():
 
     require("workdir")
     check_writable_folder(FLAGS.workdir, "workdir")
-    config = gan.GANConfig(sizes=tuple(int(s) for s in FLAGS.gan_sizes), batch_size=FLAGS.train_batch_size,
+    config = gan.GANConfig(sizes=tuple(int(s) for s in FLAGS.gan_sizes), arch=FLAGS.gan_arch,
+                           mapping_layers=FLAGS.mapping_layers, batch_size=FLAGS.train_batch_size,
                            steps=FLAGS.train_steps, learning_rate=FLAGS.learning_rate,
                            r1_gamma=FLAGS.r1_gamma, seed=FLAGS.train_seed)
     odds = class_odds(FLAGS.favour_classes, world.CLASS_NAMES)
@@ -81,21 +87,31 @@ def class_odds(pairs, class_names):
 
 def trained_gan(folder, config):
     """(generator params, discriminator params) from FOLDER/generator and FOLDER/discriminator, checked
-    against the architecture of `config` (--gan_sizes)."""
+    against the architecture of `config` (--gan_arch, --gan_sizes, --mapping_layers)."""
     from jaxdissect.causal.artifacts import load_discriminator
     from jaxdissect.errors import UserError
     from jaxdissect.models.load import load_generator
 
     generator, g_params = load_generator(os.path.join(folder, "generator"))
-    if tuple(generator.sizes) != config.sizes:
-        raise UserError(f"--init_from={folder}: its generator has sizes {list(generator.sizes)}, "
-                        f"--gan_sizes asks for {list(config.sizes)}")
+    if generator != config.generator:
+        raise UserError(f"--init_from={folder}: its generator is {describe_generator(generator)}, "
+                        f"the flags ask for {describe_generator(config.generator)}")
     discriminator, d_params = load_discriminator(os.path.join(folder, "discriminator"),
                                                  config.generator.resolution)
     if tuple(discriminator.widths) != config.sizes[1:]:
         raise UserError(f"--init_from={folder}: its discriminator has widths {list(discriminator.widths)}, "
                         f"--gan_sizes asks for {list(config.sizes[1:])}")
     return g_params, d_params
+
+
+def describe_generator(generator):
+    """'ARCH sizes [...]' (and the mapping layers of a StyleGAN2), as the training flags name it."""
+    from jaxdissect.models.stylegan2 import StyleGAN2
+
+    if isinstance(generator, StyleGAN2):
+        return (f"stylegan2 sizes {[generator.z_dim, *generator.channels]} "
+                f"with {generator.mapping_layers} mapping layers")
+    return f"proggan sizes {list(generator.sizes)}"
 
 
 def exported_steps(dst):
@@ -127,12 +143,23 @@ def export_gan(config, state, workdir, lineage):
     steps = int(state["step"])
     source = {"trained_on": "jaxdissect toy world", "steps": steps, "config": dataclasses.asdict(config),
               **lineage}
-    targets = {"generator": (state["g_ema"], config.generator.meta(source)),
+    g_params = state["g_ema"]
+    if config.arch == "stylegan2":
+        g_params, source["w_avg"] = with_average_w(config.generator, g_params)
+    targets = {"generator": (g_params, config.generator.meta(source)),
                "discriminator": (state["d"], {"kind": "proggan_discriminator",
                                               "widths": list(config.sizes[1:]), "source": source})}
     for name, (params, meta) in targets.items():
         export(os.path.join(workdir, name), steps,
                lambda dst, replace, params=params, meta=meta: save_model(dst, params, meta, replace))
+
+
+def with_average_w(generator, params):
+    """A StyleGAN2's params with w_avg (used by truncation) set to its mean w, and how it was computed."""
+    from jaxdissect.models.stylegan2_convert import AVERAGE_SAMPLES, AVERAGE_SEED, average_w
+
+    params = {"params": {**params["params"], "w_avg": average_w(generator, params)}}
+    return params, f"computed: mean w of {AVERAGE_SAMPLES} latents of numpy default_rng({AVERAGE_SEED})"
 
 
 @register("train_segmenter", "Train the toy world's UPerNet segmenter on exact labels (resumable).")

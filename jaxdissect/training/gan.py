@@ -1,6 +1,8 @@
-"""Trains a ProGAN-architecture generator (no progressive growing) against a
-ProGAN-style discriminator: non-saturating logistic loss, lazy R1 penalty,
-Adam(β1=0, β2=0.99) and an exponential moving average of the generator.
+"""Trains a toy generator, ProGAN architecture (no progressive growing) or
+StyleGAN2 (`GANConfig.arch`), against a ProGAN-style discriminator:
+non-saturating logistic loss, lazy R1 penalty, Adam(β1=0, β2=0.99) and an
+exponential moving average of the generator. A StyleGAN2 is trained without
+style mixing or path length regularisation, with its per-sample noise.
 
 Real images come from `sample_real(key, batch_size) -> (N, R, R, 3)`, called
 inside the jitted step (the toy world renders on the fly). Runs resume from
@@ -15,12 +17,20 @@ import optax
 
 from jaxdissect.models.discriminator import ProGANDiscriminator
 from jaxdissect.models.proggan import ProGAN
+from jaxdissect.models.stylegan2 import StyleGAN2
 from jaxdissect.training.loop import Checkpoints, MetricLog
+
+
+ARCHS = ("proggan", "stylegan2")
 
 
 @dataclasses.dataclass(frozen=True)
 class GANConfig:
+    """`sizes`: the latent size (z, and w for a StyleGAN2), then the channels at 4x4, 8x8, ...;
+    `mapping_layers` only for a StyleGAN2."""
     sizes: tuple = (128, 128, 128, 64, 32, 16)
+    arch: str = "proggan"
+    mapping_layers: int = 2
     batch_size: int = 32
     steps: int = 20000
     learning_rate: float = 2e-3
@@ -28,11 +38,18 @@ class GANConfig:
     r1_every: int = 8
     ema_half_life_images: int = 10000
     seed: int = 0
-    checkpoint_every: int = 500
+    checkpoint_every: int = 200
     log_every: int = 50
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
 
     @property
     def generator(self):
+        if self.arch == "stylegan2":
+            return StyleGAN2(z_dim=self.sizes[0], w_dim=self.sizes[0], mapping_layers=self.mapping_layers,
+                             channels=self.sizes[1:])
         return ProGAN(self.sizes)
 
     @property
