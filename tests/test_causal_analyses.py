@@ -234,14 +234,16 @@ def test_class_quantile_is_the_lowest_edge_with_the_tail_share_at_most_one_minus
     for q in (0.5, 0.9, 0.99):
         got = concept.class_quantile(js, 2, q)
         for u in range(units):
-            assert got[u] == pytest.approx(brute_quantile_edge(joint[u, 2], lo[u], hi[u], q), rel=1e-6)
+            assert got[u] == pytest.approx(brute_quantile_edge(joint[u, 2], lo[u], hi[u], np.arange(bins), q),
+                                           rel=1e-6)
 
 
-def brute_quantile_edge(hist, lo, hi, q):
-    """The lowest bin edge (the top edge: hi) with at most a (1 - q) share of the histogram at or above it."""
+def brute_quantile_edge(hist, lo, hi, cell_bin, q):
+    """The lowest bin edge (the top edge: hi) with at most a (1 - q) share of the histogram at or above it;
+    bin j's edge is the lower edge of its first cell among the len(cell_bin) equal cells of [lo, hi]."""
     bins = len(hist)
     j = next(j for j in range(bins + 1) if hist[j:].sum() <= (1 - q) * hist.sum())
-    return lo + (hi - lo) / bins * j if j < bins else hi
+    return lo + (hi - lo) / len(cell_bin) * np.flatnonzero(cell_bin == j)[0] if j < bins else hi
 
 
 # ---------------------------------------------------------------------------
@@ -310,12 +312,13 @@ def test_insertion_values_from_the_dissection(dissection):
     from jaxdissect.errors import UserError
     outdir, _ = dissection
     with np.load(os.path.join(outdir, "stats", "layer4.npz")) as data:
-        joint, lo, hi = data["joint"], data["bin_lo"], data["bin_hi"]
+        joint, lo, hi, cell_bin = data["joint"], data["bin_lo"], data["bin_hi"], data["cell_bin"]
         mean = data["act_sum"][:, 3] / data["class_pixels"][3]
     d = Dissection(outdir)
     np.testing.assert_allclose(concept.insertion_values(d, "layer4", 3, "mean"), mean, rtol=1e-6)
     got = concept.insertion_values(d, "layer4", 3, "quantile", 0.9)
-    expect = [brute_quantile_edge(joint[u, 3], float(lo[u]), float(hi[u]), 0.9) for u in range(len(got))]
+    expect = [brute_quantile_edge(joint[u, 3], float(lo[u]), float(hi[u]), cell_bin[u], 0.9)
+              for u in range(len(got))]
     np.testing.assert_allclose(got, expect, rtol=1e-5)
     with pytest.raises(UserError, match="never appears"):                     # label 0 is 'no label'
         concept.insertion_values(d, "layer4", 0, "mean")
