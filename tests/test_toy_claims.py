@@ -9,7 +9,10 @@ samples remove 29% of tree pixels, 160 of 4 48%, 300 of 4 51%, 450 of 2 55%.
 The margin is thin: with the insertion values scaled by 1 +- 1e-6 (float
 noise, to which the search's gradient is sensitive; see the README's Scale
 section) 450 steps of 2 remove 51.3% and 52.0%, and 600 steps of 2 50.7% to
-53.8%, so another CPU or XLA build may land under the bar.
+53.8%, so another CPU or XLA build may land under the bar. Since the
+dissection's bins are placed by tail fraction (its IoUs, which start the
+alphas, moved by about 0.002), the same search removes 47.5%: the tree claim
+is an expected failure again.
 The door claim holds after 60 steps of 8, the door search's length here.
 """
 import json
@@ -41,6 +44,8 @@ def claims(tmp_path_factory):
         return json.load(f)
 
 
+@pytest.mark.xfail(strict=True, reason="47.5% here since the dissection's bins are placed by tail fraction (the "
+                                       "IoU that starts each alpha moved slightly); 54.6% with equal-width bins")
 def test_top_20_alpha_tree_units_remove_half_the_trees(claims):
     assert claims["ace_region"] == "location"
     assert claims["tree_removed_by_alpha"] >= 0.5
