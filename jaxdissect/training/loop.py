@@ -37,6 +37,9 @@ class Checkpoints:
         try:
             with orbax_writes(self.folder):
                 self.manager.save(step, args=ocp.args.StandardSave(state))
+                # Nothing of the save (finalising, deleting older steps) may still run beside the caller's
+                # next programs: on several processes that could interleave collectives differently.
+                self.manager.wait_until_finished()
         except Exception:
             for unfinished in glob.glob(os.path.join(self.folder, "*" + ocp.path.atomicity.TMP_DIR_SUFFIX + "*")):
                 shutil.rmtree(unfinished, ignore_errors=True)
