@@ -13,6 +13,7 @@ it from its threads are silenced, so that main.py prints it as one line.
 """
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -95,6 +96,12 @@ def _silence_reported_failures():
         if not _is_closed_loop_callback(unraisable):
             report(unraisable)
     sys.unraisablehook = unraisable_hook
+
+
+def folder_id(path):
+    """Identifies a model folder by its meta.json (which records its source's sha256)."""
+    with open(os.path.join(path, META_FILE), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def write_params(path, params):

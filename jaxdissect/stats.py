@@ -77,7 +77,8 @@ def joint_init(lo, hi, classes, bins, categories=1, cell_bin=None):
     cell_bin = _bins.equal_cell_bins(units, bins) if cell_bin is None else cell_bin
     if categories > MAX_CATEGORIES:
         raise ValueError(f"{categories} label categories; at most {MAX_CATEGORIES} are supported")
-    return JointStats(lo, hi, jnp.array(cell_bin, copy=True), jnp.zeros((units, classes, bins), jnp.int32), jnp.zeros((units, bins), jnp.int32),
+    return JointStats(lo, hi, jnp.array(cell_bin, copy=True), jnp.zeros((units, classes, bins), jnp.int32),
+                      jnp.zeros((units, bins), jnp.int32),
                       jnp.zeros((classes,), jnp.int32), jnp.zeros((units, classes), jnp.float32),
                       jnp.zeros((), jnp.int32), jnp.zeros((units, categories, bins), jnp.int32),
                       jnp.zeros((categories,), jnp.int32), jnp.zeros((units, bins), jnp.int32),
@@ -251,9 +252,12 @@ def _joint_increment(state, featuremap, seg, sample_index, label_category):
         full_set = 2 ** categories - 1
         set_offset = jnp.where(valid & (shown_set != full_set), (slots + shown_set) * bins, -1)
         slots += full_set
-    order = jnp.argsort(set_offset < 0, stable=True)             # samples with a set entry first: fewer chunks
+        order = jnp.argsort(set_offset < 0, stable=True)         # samples with a set entry first: fewer chunks
+        featuremap_rows, offset, set_offset = featuremap[order], offset[order], set_offset[order]
+    else:
+        featuremap_rows = featuremap
     to_bin = functools.partial(_bins.bin_index, lo=state.lo, hi=state.hi, cell_bin=state.cell_bin)
-    blocks = _count_binned(featuremap[order], offset[order], set_offset[order], to_bin, bins, slots)
+    blocks = _count_binned(featuremap_rows, offset, set_offset, to_bin, bins, slots)
     blocks = blocks[:-1].reshape(units, slots, bins)
     per_class = blocks[:, :classes * class_blocks].reshape(units, class_blocks, classes, bins)
     marginal = per_class[:, 0].sum(axis=1)                                         # channel 0 over classes

@@ -22,7 +22,7 @@ from absl import flags
 
 from jaxdissect.cli import register
 from jaxdissect.cli.common import FLAGS, dissection_dir, write_run_record
-from jaxdissect.cli.dissect import folder_id, load_generator_flag, load_segmenter_flag, recorded_flag
+from jaxdissect.cli.dissect import load_generator_flag, load_segmenter_flag, recorded_flag
 from jaxdissect.errors import UserError
 
 flags.DEFINE_string("class_name", None, "ace/ablate/insert/trace: the class to study, e.g. tree.")
@@ -183,6 +183,7 @@ def run_ace():
     from jaxdissect import parallel
     from jaxdissect.causal import concept, search
     from jaxdissect.io import files
+    from jaxdissect.checkpoint import folder_id
     from jaxdissect.models.load import generator_id
     study = open_study()
     units = study.dissection.matrix(study.layer, "iou").shape[0]

@@ -60,7 +60,8 @@ def settings_from_flags():
     from jaxdissect import bins
     from jaxdissect.dissection.engine import DissectSettings
     checks = [("samples", FLAGS.samples >= 1), ("batch_size", FLAGS.batch_size >= 1),
-              ("bins", 2 <= FLAGS.bins <= bins.CELLS), ("top_k", FLAGS.top_k >= 1), ("downsample", FLAGS.downsample >= 1),
+              ("bins", 2 <= FLAGS.bins <= bins.CELLS), ("top_k", FLAGS.top_k >= 1),
+              ("downsample", FLAGS.downsample >= 1),
               ("quantile", 0 < FLAGS.quantile < 1), ("iqr_levels", FLAGS.iqr_levels >= 2),
               ("iqr_smallest_fraction", 0 < FLAGS.iqr_smallest_fraction <= 1),
               ("checkpoint_every", FLAGS.checkpoint_every >= 1)]
@@ -92,12 +93,6 @@ def check_layers(generator, layers):
     for name in layers:
         if name not in generator.layer_names:
             raise UserError(f"--layers: unknown layer {name!r}; valid layers: {', '.join(generator.layer_names)}")
-
-
-def folder_id(path):
-    """Identifies a model folder by its meta.json (which records its source's sha256)."""
-    with open(os.path.join(path, "meta.json"), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def recorded_flag(outdir, name):
@@ -138,6 +133,7 @@ def print_summary(result):
 @register("dissect", "Dissect generator layers: label every unit with the class it matches (the main job).")
 def run_dissect():
     from jaxdissect.dissection import pipeline, sources
+    from jaxdissect.checkpoint import folder_id
     from jaxdissect.models.load import generator_id
     require("generator", "segmenter", "outdir")
     check_dissection_outdir()

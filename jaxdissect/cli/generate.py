@@ -4,8 +4,9 @@
         [--capture=layer4,layer6] [--batch_size=8] [--png_dir=DIR]
 
 OUT.npz holds `image` (N, 3, R, R) and one (N, C, H, W) array per captured
-layer (a StyleGAN2 style `LAYER.style`: (N, C)), float32, in the original tools' NCHW layout. The .npz and the PNG
-folder appear together, complete, or not at all.
+layer (a StyleGAN2 style `LAYER.style`: (N, C)), float32, in the original
+tools' NCHW layout. The .npz and the PNG folder appear together, complete,
+or not at all.
 """
 import contextlib
 import os

@@ -3,9 +3,9 @@
 A short calibration (featuremaps alone, of the first `calibration_samples`
 samples) fixes each unit's histogram range [lo, hi] (its observed min and
 max there), then, from a fine histogram of the same samples' upsampled
-featuremaps, where its bins lie (jaxdissect.bins: most edges at logspaced
-tail fractions, so heavy tails keep their resolution). The main pass then reads every sample's featuremaps and labels
-and folds each batch into fixed-shape states (jaxdissect.stats): every
+featuremaps, where its bins lie (jaxdissect.bins: edges at the iqr levels'
+tail fractions, so heavy tails keep their resolution). The main pass then
+reads every sample's featuremaps and labels and folds each batch into fixed-shape states (jaxdissect.stats): every
 unit's range and top-k samples, and histograms of its activation against
 every class and label category. Memory does not grow with the sample count,
 and the states are checkpointed so a killed run resumes.

@@ -86,7 +86,7 @@ def _reference_iqr(stats, settings, label_category):
     tails = _tails(stats)
     fractions = measures.iqr_levels(settings.iqr_levels, settings.iqr_smallest_fraction)
     level_bins = measures.nearest_tail_bin(tails["all"], tails["pixels"], fractions)         # (U, L)
-    level_values = np.take_along_axis(_threshold_values(stats), level_bins, axis=1)          # (U, L)
+    level_values = np.take_along_axis(measures.threshold_values(stats), level_bins, axis=1)          # (U, L)
     total = tails["pixels"]
     truth = (tails["class_pixels"] / total)[None, :, None]                                   # (1, C, 1)
     above = _at_bins(tails["category"], level_bins)[:, label_category]                       # (U, C, L)
@@ -134,7 +134,7 @@ def _at_unit_threshold(stats, tails, unit_bin, label, label_score, label_categor
     iou = both / (union + 1e-20)
     cells = [c / total for c in (both, above - both, truth - both, total - union)]
     iqr = measures.iqr_of_cells(*cells)
-    threshold = np.take_along_axis(_threshold_values(stats), unit_bin[:, None], axis=1)      # (U, 1)
+    threshold = np.take_along_axis(measures.threshold_values(stats), unit_bin[:, None], axis=1)      # (U, 1)
     matrices = {"iou": iou, "iqr": iqr, "agreement": cells[0] + cells[3],
                 "threshold": np.broadcast_to(threshold, iou.shape).copy(),
                 "intersection": both, "union": union}
@@ -147,10 +147,6 @@ def _at_unit_threshold(stats, tails, unit_bin, label, label_score, label_categor
             "threshold": threshold[:, 0]}
     best["interpretable"] = (best["iqr"] > settings.min_iqr) & (best["iou"] > settings.min_iou)
     return {**best, **_runner_up(matrices["label_score"], label)}, matrices
-
-
-def _threshold_values(stats):
-    return measures.threshold_values(stats)
 
 
 def _runner_up(label_score, label):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.checkpoint import load_model
+from jaxdissect.checkpoint import folder_id, load_model
 from jaxdissect.errors import UserError
 from jaxdissect.models.flax_adapter import AdapterError
 from jaxdissect.models.proggan import ProGAN
@@ -99,10 +99,10 @@ def _import_file(path):
 
 
 def generator_id(spec):
-    """What identifies a generator when a run resumes: a folder's meta.json (which records its source's
-    sha256), or a factory's spec with the bytes of the parameters it returns."""
-    digest = hashlib.sha256()
+    """What identifies a generator when a run resumes: a folder's `folder_id`, or a factory's spec with
+    the bytes of the parameters it returns."""
     if is_factory_spec(spec):
+        digest = hashlib.sha256()
         _, params = generator_from_factory(spec)
         digest.update(f"{spec}\n{jax.tree.structure(params)}".encode())
         for leaf in jax.tree.leaves(params):
@@ -110,6 +110,4 @@ def generator_id(spec):
             digest.update(f"{leaf.dtype}{leaf.shape}".encode())
             digest.update(np.ascontiguousarray(leaf).tobytes())
         return digest.hexdigest()
-    with open(os.path.join(spec, "meta.json"), "rb") as f:
-        digest.update(f.read())
-    return digest.hexdigest()
+    return folder_id(spec)
