@@ -40,6 +40,20 @@ def batch_multiple():
     return batch_mesh().size
 
 
+def one_program_at_a_time(result):
+    """Waits for `result` when several processes share the mesh (no-op in one process), before the
+    caller dispatches its next program.
+
+    XLA's CPU runtime runs consecutive programs concurrently; two programs'
+    gloo all-reduces in flight on one process can pair with the wrong ones
+    on another, and both processes then wait forever (measured: one hang in
+    three runs of tests/test_multihost.py under load).
+    """
+    if jax.process_count() > 1:
+        jax.block_until_ready(result)
+    return result
+
+
 def wait_for_all_processes(name):
     """Blocks until every process reaches the point called `name` (nothing to wait for in one process),
     e.g. before reading back files that process 0 writes."""

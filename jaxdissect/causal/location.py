@@ -124,6 +124,6 @@ def class_presence(generator, g_params, segmenter, s_params, layer, class_index,
     cells = jax.eval_shape(lambda z: generator.h(g_params, z, (layer,))[layer], z).shape[1:3]
     total = jax.device_put(jnp.zeros(cells, jnp.float32), parallel.replicated())
     for start in range(0, samples, batch_size):
-        total = add(total, g_params, s_params, seed, parallel.global_indices(start, batch_size, samples),
-                    class_index)
+        total = parallel.one_program_at_a_time(
+            add(total, g_params, s_params, seed, parallel.global_indices(start, batch_size, samples), class_index))
     return parallel.to_host(total) / samples

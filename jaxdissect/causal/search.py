@@ -125,7 +125,7 @@ def search(generator, g_params, segmenter, s_params, settings, value, alpha0, wo
     while t < settings.steps:
         start = t * settings.batch_size
         index = parallel.global_indices(start, settings.batch_size, start + settings.batch_size)
-        state, metrics = step(state, g_params, s_params, value, presence, index)
+        state, metrics = parallel.one_program_at_a_time(step(state, g_params, s_params, value, presence, index))
         t += 1
         if log and (t % settings.log_every == 0 or t == settings.steps):
             log.log(t, metrics, settings.batch_size)

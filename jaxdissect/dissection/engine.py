@@ -164,13 +164,15 @@ def _passes(settings, state, run, label, samples, step):
 
     Progress shows finished batches: before reporting a batch, the loop
     waits for it while the next one is already queued, so the device never
-    idles and the rate and eta are true.
+    idles and the rate and eta are true (on several processes, each batch
+    finishes first: `parallel.one_program_at_a_time`).
     """
     start = int(state["next_sample"])
     progress = Progress(label, samples, start=start)
     batches, queued = 0, None
     while start < samples:
-        state, done = step(state, start, parallel.global_indices(start, settings.batch_size, samples))
+        state, done = parallel.one_program_at_a_time(
+            step(state, start, parallel.global_indices(start, settings.batch_size, samples)))
         start = min(start + settings.batch_size, samples)
         state["next_sample"] = jnp.int32(start)
         if queued is not None:
