@@ -6,14 +6,16 @@
 Without --generator/--segmenter it uses tiny random models (tests/tiny_models.py).
 Prints the compile time of one search step (forward and backward through
 generator and segmenter, for both the ablated and the inserted images) and
-then steps/s and samples/s over --steps steps, each on a fresh batch of
-latents as the search makes them. Then it runs the same 6-step search on 1 and
-on 8 simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count,
-each in its own process) and prints the largest |alpha difference|, beside
-how far the objective's gradient moves on one device when the latents are
-perturbed by 1e-7 (relative): the float noise the device count also brings.
-Insertion values are 1 for every unit and alpha starts at 0.5: speed does
-not depend on them.
+then steps/s and samples/s over --steps steps, on batches made as the search
+makes them (for the location objective, from a corpus of random cells:
+speed does not depend on which). Then it runs a 6-step search (its corpora
+searched in 256 samples) on 1 and on 8 simulated CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count, each in its own process)
+and prints the largest |alpha difference|, beside how far the objective's
+gradient moves on one device when the insertion values are perturbed by
+1e-7 (relative): the float noise the device count also brings. Insertion
+values are 1 for every unit and alpha starts at 0.5: speed does not depend
+on them.
 """
 import argparse
 import os
@@ -27,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import parallel
-from jaxdissect.causal import location, search
-from jaxdissect.causal.ace import causal_effect
+from jaxdissect.causal import corpus as corpus_lib
+from jaxdissect.causal import search
 from jaxdissect.models.load import load_generator
 from jaxdissect.segmentation.segmenter import Segmenter
 
@@ -48,62 +50,57 @@ def models(args, tmp):
     return generator, g_params, segmenter, s_params
 
 
-def search_step(generator, segmenter, layer, class_index, batch_size, downsample, region="location"):
-    """(the search's jitted step (state, g_params, s_params, value, index) of objective `region`, a
-    starting state placed as search.search places it, insertion values). Probe cells are drawn uniformly
-    (speed does not depend on where)."""
+def synthetic_corpus(generator, layer, samples, seed=0):
+    """A Corpus of `samples` present and candidate samples at random cells (speed does not depend on
+    which), so that the step is timed without the corpus search."""
     height, width, units = generator.featuremap_shape(layer)
-    settings = search.AlphaSearchSettings(layer=layer, class_index=class_index, batch_size=batch_size,
-                                          downsample=downsample, region=region)
-    opt, step = search._step_fn(generator, segmenter, settings)
-    presence = jax.device_put(jnp.ones((height, width), jnp.float32), parallel.replicated())
-    state = search.initial_state(opt, jnp.full((units,), 0.5, jnp.float32))
-    return (lambda state, g_params, s_params, value, index: step(state, g_params, s_params, value, presence, index),
-            state, jnp.ones((units,), jnp.float32))
+    rng = np.random.default_rng(seed)
+    cells = lambda: rng.integers(0, height * width, samples).astype(np.int32)
+    return corpus_lib.Corpus(np.arange(samples, dtype=np.int32), cells(), np.arange(samples, 2 * samples,
+                             dtype=np.int32), cells(), np.ones(units, np.float32), np.ones(height * width))
 
 
 def step_rate(args, generator, g_params, segmenter, s_params):
-    """(compile + first step seconds, steps/s after it) of the search's jitted step."""
-    step, state, value = search_step(generator, segmenter, args.layer, args.class_index, args.batch_size,
-                                     args.downsample, args.ace_region)
-
-    def batch(t):
-        return parallel.global_indices(t * args.batch_size, args.batch_size, (t + 1) * args.batch_size)
+    """(compile + first step seconds, steps/s after it) of the search's jitted step, on batches as the
+    search makes them."""
+    settings = search.AlphaSearchSettings(layer=args.layer, class_index=args.class_index,
+                                          batch_size=args.batch_size, downsample=args.downsample,
+                                          region=args.ace_region)
+    opt, step = search._step_fn(generator, segmenter, settings)
+    units = generator.featuremap_shape(args.layer)[-1]
+    state, value = search.initial_state(opt, jnp.full((units,), 0.5, jnp.float32)), jnp.ones((units,))
+    corpus = synthetic_corpus(generator, args.layer, 1000)
     started = time.time()
-    state, metrics = step(state, g_params, s_params, value, batch(0))
+    state, metrics = step(state, g_params, s_params, value, search.training_batch(settings, corpus, 0))
     jax.block_until_ready(metrics)
     compile_s = time.time() - started
     started = time.time()
     for t in range(1, args.steps + 1):
-        state, metrics = step(state, g_params, s_params, value, batch(t))
+        state, metrics = step(state, g_params, s_params, value, search.training_batch(settings, corpus, t))
     jax.block_until_ready(metrics)
     return compile_s, args.steps / (time.time() - started)
 
 
 def gradient_sensitivity(args, generator, g_params, segmenter, s_params, relative=1e-7):
-    """max |d objective / d alpha| change, over one batch, when every latent is scaled by (1 + relative noise):
-    the search's gradient is not a smooth function of the featuremap at float resolution (leaky ReLU and
-    max-pool kinks), so float noise of this size can move it far more than itself."""
+    """max |d objective / d alpha| change, over one batch, when every insertion value is scaled by
+    (1 + relative noise): the search's gradient is not a smooth function of the featuremap at float
+    resolution (leaky ReLU and max-pool kinks), so float noise of this size can move it far more than
+    itself."""
     settings = search.AlphaSearchSettings(layer=args.layer, class_index=args.class_index,
                                           batch_size=args.batch_size, downsample=args.downsample,
                                           region=args.ace_region)
     units = generator.featuremap_shape(args.layer)[-1]
-    presence = jnp.ones(generator.featuremap_shape(args.layer)[:2], jnp.float32)
-    index = jnp.arange(args.batch_size)
-    z = parallel.latents_at(settings.seed, index, generator.latent_size)
+    batch = search.training_batch(settings, synthetic_corpus(generator, args.layer, 1000), 0)
 
     @jax.jit
-    def grad(z):
-        def ace(alpha):
-            if args.ace_region == "image":
-                return causal_effect(generator, g_params, segmenter, s_params, args.layer, alpha, jnp.ones(units),
-                                     args.class_index, z, args.downsample)["ace"]
-            return location.location_effect(generator, g_params, segmenter, s_params, args.layer, alpha,
-                                            jnp.ones(units), args.class_index, z, index, presence, settings.seed,
-                                            settings.probes, args.downsample)["ace"]
+    def grad(value):
+        ace = lambda alpha: search._effect(generator, g_params, segmenter, s_params, settings, alpha, value,
+                                           batch)["ace"]
         return jax.grad(ace)(jnp.linspace(0.2, 0.8, units))
-    noise = jax.random.normal(jax.random.PRNGKey(0), z.shape)
-    return float(jnp.max(jnp.abs(grad(z * (1 + relative * noise)) - grad(z)))), float(jnp.max(jnp.abs(grad(z))))
+    value = jnp.ones(units)
+    noise = jax.random.normal(jax.random.PRNGKey(0), value.shape)
+    return (float(jnp.max(jnp.abs(grad(value * (1 + relative * noise)) - grad(value)))),
+            float(jnp.max(jnp.abs(grad(value)))))
 
 
 def six_step_alpha(args, workdir):
@@ -113,7 +110,7 @@ def six_step_alpha(args, workdir):
     units = generator.featuremap_shape(args.layer)[-1]
     settings = search.AlphaSearchSettings(layer=args.layer, class_index=args.class_index, steps=6,
                                           batch_size=args.batch_size, downsample=args.downsample,
-                                          region=args.ace_region)
+                                          region=args.ace_region, search_samples=256, train_samples=64)
     alpha = search.search(generator, g_params, segmenter, s_params, settings, np.ones(units),
                           np.linspace(0.2, 0.8, units), workdir)
     np.save(os.path.join(workdir, "alpha.npy"), alpha)
@@ -164,7 +161,7 @@ def main():
         diff = device_agreement(args, tmp)
         print(f"alpha after 6 steps, 1 vs 8 devices: max |difference| = {diff:.2e}")
         change, size = gradient_sensitivity(args, generator, g_params, segmenter, s_params)
-        print(f"objective's gradient on 1 device, latents x (1 + 1e-7 noise): max |change| = {change:.2e} "
+        print(f"objective's gradient on 1 device, insertion values x (1 + 1e-7 noise): max |change| = {change:.2e} "
               f"(max |gradient| {size:.2e})")
 
 

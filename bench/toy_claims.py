@@ -1,8 +1,9 @@
 """The paper's causal claims in miniature, measured on the toy world through main.py.
 
-    python bench/toy_claims.py [--ace_region=location] [--insert_value=quantile] [--ace_steps=300]
-        [--ace_batch_size=16] [--door_ace_steps=N] [--door_ace_batch_size=N] [--eval_samples=200]
-        [--context_samples=8] [--root=runs/claims] [--summary=FILE]
+    python bench/toy_claims.py [--ace_region=location] [--insert_value=presence] [--ace_steps=500]
+        [--ace_batch_size=20] [--ace_search_samples=10000] [--ace_train_samples=1000] [--door_ace_steps=N]
+        [--door_ace_batch_size=N] [--eval_samples=200] [--context_samples=8] [--root=runs/claims]
+        [--summary=FILE]
 
 Runs, through the command line a user would type:
 
@@ -139,13 +140,14 @@ def main():
     parser.add_argument("--layer", default="layer4")
     parser.add_argument("--dissect_samples", type=int, help="samples of the dissection (default: the flagfile's)")
     parser.add_argument("--ace_region", default="location", choices=["location", "image"])
-    parser.add_argument("--ace_steps", type=int, default=300)
-    parser.add_argument("--ace_batch_size", type=int, default=16)
+    parser.add_argument("--ace_steps", type=int, default=500)
+    parser.add_argument("--ace_batch_size", type=int, default=20)
     parser.add_argument("--door_ace_steps", type=int, help="the door search's steps (default: --ace_steps)")
     parser.add_argument("--door_ace_batch_size", type=int, help="the door search's batch (default: --ace_batch_size)")
     parser.add_argument("--ace_lr", type=float, default=0.01)
-    parser.add_argument("--ace_prior_samples", type=int, default=512)
-    parser.add_argument("--insert_value", default="quantile", choices=["mean", "quantile"])
+    parser.add_argument("--ace_search_samples", type=int, default=10000)
+    parser.add_argument("--ace_train_samples", type=int, default=1000)
+    parser.add_argument("--insert_value", default="presence", choices=["presence", "mean", "quantile"])
     parser.add_argument("--eval_samples", type=int, default=200)
     parser.add_argument("--random_draws", type=int, default=5)
     parser.add_argument("--context_samples", type=int, default=8)
@@ -160,7 +162,8 @@ def main():
               "door": (args.door_ace_steps or args.ace_steps, args.door_ace_batch_size or args.ace_batch_size)}
     ace = {name: run_step(root, flagfile, f"ace-{name}", "--mode=ace", *common, f"--class_name={name}",
                           f"--ace_region={args.ace_region}", f"--ace_steps={steps}", f"--ace_batch_size={batch}",
-                          f"--ace_lr={args.ace_lr}", f"--ace_prior_samples={args.ace_prior_samples}",
+                          f"--ace_lr={args.ace_lr}", f"--ace_search_samples={args.ace_search_samples}",
+                          f"--ace_train_samples={args.ace_train_samples}",
                           f"--insert_value={args.insert_value}")
            for name, (steps, batch) in length.items()}
     ace_json = {name: os.path.join(folder, "ace.json") for name, folder in ace.items()}

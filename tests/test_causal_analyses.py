@@ -267,11 +267,14 @@ def dissection(tmp_path_factory):
     return outdir, str(root)
 
 
+SMALL_SEARCH = ("--ace_steps=3", "--ace_batch_size=2", "--ace_search_samples=16", "--ace_train_samples=8",
+                "--insert_value=mean")
+
+
 @pytest.fixture(scope="module")
 def ace_run(dissection):
     outdir, _ = dissection
-    result = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--ace_steps=3",
-                      "--ace_batch_size=2", "--top_n=3")
+    result = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", *SMALL_SEARCH, "--top_n=3")
     assert result.returncode == 0, result.stderr
     with open(os.path.join(outdir, "ace", "tree", "ace.json")) as f:
         return json.load(f)
@@ -296,14 +299,12 @@ def test_ace_json_contract(dissection, ace_run):
     assert record["settings"]["seed"] == 2 and record["settings"]["learning_rate"] == 0.01
     assert "<svg" in open(os.path.join(outdir, "ace", "tree", "ace.svg")).read()
     # A finished search resumes to the same answer; other settings in the same folder are refused.
-    again = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--ace_steps=3",
-                     "--ace_batch_size=2", "--top_n=2")
+    again = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", *SMALL_SEARCH, "--top_n=2")
     assert again.returncode == 0, again.stderr
     with open(os.path.join(outdir, "ace", "tree", "ace.json")) as f:
         resumed = json.load(f)
     assert resumed["alpha"] == record["alpha"] and resumed["causal_units"] == record["ranking"][:2]
-    other = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", "--ace_steps=3",
-                     "--ace_batch_size=2", "--ace_l2=0.5")
+    other = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", *SMALL_SEARCH, "--ace_l2=0.5")
     assert_one_line_error(other, "different alpha search")
 
 

@@ -89,11 +89,13 @@ def test_report_stops_at_each_output_and_keeps_the_previous_ones(dissection, tmp
 
 
 def test_ace_stops_at_a_checkpoint_of_its_search(dissection, tmp_path):
-    with full_disk(tmp_path / "disk", free=2 * PAGE) as disk:
+    with full_disk(tmp_path / "disk", free=3 * PAGE) as disk:     # the key, the training corpora, the metrics
         result = run_main("--mode=ace", f"--dissection={dissection}", f"--outdir={disk}/ace", "--class_name=tree",
-                          "--ace_steps=2", "--ace_batch_size=2", "--ace_prior_samples=4", "--top_n=2")
+                          "--ace_steps=2", "--ace_batch_size=2", "--ace_search_samples=8", "--ace_train_samples=4",
+                          "--top_n=2")
         assert_one_line_failure(result, f"{disk}/ace/checkpoints")
-        assert listing(disk) == ["ace", "ace/alpha_search_key.json", "ace/checkpoints", "ace/metrics.jsonl"]
+        assert listing(disk) == ["ace", "ace/alpha_search_key.json", "ace/checkpoints", "ace/corpus.npz",
+                                 "ace/metrics.jsonl"]
 
 
 def test_generate_and_segment_outputs_are_not_half_written(models, tmp_path):

@@ -1,4 +1,5 @@
 """Interventions, ACE and the alpha search against brute force and a planted causal unit."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdissect import parallel
 from jaxdissect.causal import ace, location, search
 from jaxdissect.intervention import Intervention, ablate, identity, insert, unit_indicator
 from jaxdissect.models.proggan import ProGAN
@@ -183,50 +185,111 @@ def cell_means(maps):
     return np.asarray(maps, np.float64).reshape(8, 4, 8, 4).mean(axis=(1, 3))
 
 
-def brute_force_location_effect(gen, params, seg, alpha, value, r, probes):
-    """(objective, present cells, candidate cells) of the location objective, one sample and cell at a time."""
-    def scores(featuremap):
-        return cell_means(seg.class_score(None, gen.f(params, jnp.asarray(featuremap[None]), "layer"),
-                                          planted.THING)[0][0])
-    total, present, candidates = 0.0, [], []
-    for n in range(len(r)):
-        base = scores(r[n])
-        has_class = bool((np.asarray(seg.class_score(None, gen.f(params, jnp.asarray(r[n:n + 1]), "layer"),
-                                                     planted.THING)[1]) > 0).any())
-        p = int(np.argmax(base))                       # flat index, the first of equal maxima
-        rises = []
-        for q in probes[n]:
-            edited = r[n].copy()
-            edited.reshape(64, -1)[q] = value           # every unit inserted at cell q
-            rises.append(scores(edited).ravel()[q] - base.ravel()[q])
-        q = int(probes[n][int(np.argmax(rises))])
-        ablated, inserted = r[n].copy(), r[n].copy()
-        ablated.reshape(64, -1)[p] *= 1 - alpha
-        inserted.reshape(64, -1)[q] = (1 - alpha) * inserted.reshape(64, -1)[q] + alpha * value
-        total += scores(inserted).ravel()[q] - has_class * scores(ablated).ravel()[p]
-        present.append(p)
-        candidates.append(q)
-    return total / len(r), present, candidates
+SEED = 7
+
+
+def featuremaps(gen, params, index):
+    """(N, 8, 8, U) featuremaps of global samples `index` of SEED, as numpy."""
+    z = parallel.latents(SEED, 0, int(max(index)) + 1, planted.LATENT)[np.asarray(index)]
+    return np.array(gen.h(params, jnp.asarray(z), ("layer",))["layer"])
+
+
+def thing_pixels(gen, params, featuremap):
+    """(32, 32) the segmenter's 'thing' mask of the image drawn from one featuremap (8, 8, U)."""
+    images = gen.f(params, jnp.asarray(featuremap[None]), "layer")
+    return np.asarray(planted.PlantedSegmenter().class_score(None, images, planted.THING)[1][0])
+
+
+def thing_score_at(gen, params, featuremap, cell):
+    """The soft 'thing' score averaged over flat cell `cell` of the image drawn from `featuremap`."""
+    images = gen.f(params, jnp.asarray(featuremap[None]), "layer")
+    score = planted.PlantedSegmenter().class_score(None, images, planted.THING)[0][0]
+    return cell_means(score).ravel()[cell]
+
+
+def brute_force_location_effect(gen, params, alpha, value, batch):
+    """The location objective, one sample at a time in numpy."""
+    ablations, insertions = [], []
+    for n, p in zip(batch["present_index"], batch["present_cell"]):
+        r = featuremaps(gen, params, [n])[0]
+        r.reshape(64, -1)[p] *= 1 - alpha
+        ablations.append(thing_score_at(gen, params, r, p))
+    for n, q in zip(batch["candidate_index"], batch["candidate_cell"]):
+        r = featuremaps(gen, params, [n])[0]
+        r.reshape(64, -1)[q] = (1 - alpha) * r.reshape(64, -1)[q] + alpha * value
+        insertions.append(thing_score_at(gen, params, r, q))
+    return np.mean(insertions) - np.mean(ablations)
 
 
 def test_location_objective_equals_brute_force_off_the_grid(off_grid):
-    gen, params, seg = off_grid
-    index = jnp.arange(6)
-    z = jax.random.normal(jax.random.PRNGKey(4), (6, planted.LATENT))
-    r = np.asarray(gen.h(params, z, ("layer",))["layer"])
+    gen, params, _ = off_grid
+    batch = {"present_index": np.array([0, 3, 5, 9]), "present_cell": np.array([10, 27, 27, 63]),
+             "candidate_index": np.array([40, 41, 47, 50]), "candidate_cell": np.array([0, 18, 33, 46])}
     alpha = np.array([0.2, 0.3, 0.0, 0.8, 0.5, 0.6], np.float32)
     value = np.linspace(1.0, 2.5, planted.UNITS).astype(np.float32)
-    presence = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (8, 8)), jnp.float32)
-    got = location.location_effect(gen, params, seg, None, "layer", jnp.asarray(alpha), jnp.asarray(value),
-                                   planted.THING, z, index, presence, seed=7, probes=5)
-    probes = np.asarray(location.draw_probes(7, index, location.probe_weights(presence), 5))
-    expect, present, candidates = brute_force_location_effect(gen, params, seg, alpha, value, r, probes)
-    np.testing.assert_allclose(float(got["ace"]), expect, rtol=1e-5)
-    # Off the grid, the cell where the class is most present is not the first cell it touches.
-    images = np.asarray(gen.f(params, jnp.asarray(r), "layer"))
-    first_touched = [int(np.flatnonzero(cell_means(images[n, ..., 0] > 0))[0]) for n in range(len(r))]
-    assert any(p != t for p, t in zip(present, first_touched))
-    assert len(set(candidates)) > 1 and float(got["present"]) == 1.0
+    got = location.location_effect(gen, params, planted.PlantedSegmenter(), None, "layer", jnp.asarray(alpha),
+                                   jnp.asarray(value), planted.THING, SEED,
+                                   {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()})
+    np.testing.assert_allclose(float(got["ace"]), brute_force_location_effect(gen, params, alpha, value, batch),
+                               rtol=1e-5)
+
+
+def brute_force_top(scores, count):
+    """Indices of the `count` largest positive scores (ties: lower index first), ascending."""
+    ranked = sorted((i for i, s in enumerate(scores) if s > 0), key=lambda i: (-scores[i], i))
+    return sorted(ranked[:count])
+
+
+def brute_force_corpus(gen, params, value, settings):
+    """(present indices, cells, presence-weighted value, candidate indices, cells) in numpy loops."""
+    n = settings.search_samples
+    r = featuremaps(gen, params, range(2 * n))
+    shares = np.stack([cell_means(thing_pixels(gen, params, r[i])).ravel() for i in range(2 * n)])
+    weighted = sum(r[i].reshape(64, -1)[c] * shares[i, c] for i in range(n) for c in range(64))
+    presence_value = weighted / shares[:n].sum()
+    present = brute_force_top(shares[:n].max(axis=1), settings.train_samples)
+    present_cells = [int(np.argmax(shares[i])) for i in present]
+    popularity = np.bincount(present_cells, minlength=64).astype(np.float32)
+    probes = np.asarray(location.draw_probes(settings.seed, jnp.arange(n, 2 * n), location.probe_weights(
+        jnp.asarray(popularity)), settings.probes))
+    best_gain, best_cell = [], []
+    for i in range(n, 2 * n):
+        before = thing_pixels(gen, params, r[i]).sum()
+        gains = []
+        for q in probes[i - n]:
+            edited = r[i].copy()
+            edited.reshape(64, -1)[q] = value
+            gains.append(0 if shares[i, q] > 0 else int(thing_pixels(gen, params, edited).sum()) - int(before))
+        best_gain.append(max(gains))
+        best_cell.append(int(probes[i - n][int(np.argmax(gains))]))
+    candidates = brute_force_top(best_gain, settings.train_samples)
+    return (present, present_cells, presence_value, [n + i for i in candidates],
+            [best_cell[i] for i in candidates])
+
+
+def test_corpora_equal_brute_force_off_the_grid(off_grid, tmp_path):
+    gen, params, seg = off_grid
+    settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, batch_size=8, seed=SEED,
+                                          search_samples=40, train_samples=30)
+    # GLOBAL_UNIT at 40 paints the whole image from any one cell, so every probe gains about alike and the
+    # rule that skips cells already showing the class picks the candidate cell.
+    value = np.full(planted.UNITS, 2.0, np.float32)
+    value[planted.GLOBAL_UNIT] = 40.0
+    got = search.training_corpus(gen, params, seg, None, settings, value, str(tmp_path))
+    present, present_cells, presence_value, candidates, candidate_cells = brute_force_corpus(gen, params, value,
+                                                                                           settings)
+    assert got.present_index.tolist() == present and got.present_cell.tolist() == present_cells
+    np.testing.assert_allclose(got.presence_value, presence_value, rtol=1e-5)
+    assert got.candidate_index.tolist() == candidates and got.candidate_cell.tolist() == candidate_cells
+    assert len(present) == 30 and len(set(present_cells)) > 1 and len(candidates) > 1
+    # Off the grid, the cell where the class is most present is not always the first cell it touches.
+    first_touched = [int(np.flatnonzero(cell_means(thing_pixels(gen, params, r)) > 0)[0])
+                     for r in featuremaps(gen, params, present)]
+    assert any(p != t for p, t in zip(present_cells, first_touched))
+    # A resumed search reads the saved corpora back instead of searching again.
+    again = search.training_corpus(gen, params, seg, None, dataclasses.replace(settings, search_samples=4),
+                                   value, str(tmp_path))
+    assert again.present_index.tolist() == present
 
 
 def test_probe_draws_are_distinct_and_follow_the_weights():
@@ -243,7 +306,8 @@ def location_and_image_alphas(gen, params, seg, workdir, steps=40, **kw):
     alphas = {}
     for region in ("location", "image"):
         settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=steps, batch_size=8,
-                                              learning_rate=0.05, region=region, prior_samples=64, **kw)
+                                              learning_rate=0.05, region=region, search_samples=64,
+                                              train_samples=32, **kw)
         alphas[region] = search.search(gen, params, seg, None, settings, np.full(planted.UNITS, 2.0),
                                        np.full(planted.UNITS, 0.5), os.path.join(workdir, region))
     return alphas
@@ -265,7 +329,8 @@ class Killed(Exception):
 def test_search_killed_and_resumed_equals_an_uninterrupted_run(off_grid, tmp_path, monkeypatch):
     gen, params, seg = off_grid
     settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=8, batch_size=8,
-                                          learning_rate=0.02, prior_samples=64, checkpoint_every=3)
+                                          learning_rate=0.02, search_samples=64, train_samples=32,
+                                          checkpoint_every=3)
     run = lambda workdir: search.search(gen, params, seg, None, settings, np.full(planted.UNITS, 2.0),
                                         np.linspace(0.2, 0.7, planted.UNITS), str(workdir))
     whole = run(tmp_path / "whole")
@@ -300,7 +365,8 @@ gen, seg = planted.OffGridGenerator(), planted.PlantedSegmenter()
 alphas = {{}}
 for region in ("location", "image"):
     settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
-                                          learning_rate=0.05, region=region, prior_samples=64)
+                                          learning_rate=0.05, region=region, search_samples=64,
+                                          train_samples=32)
     alphas[region] = search.search(gen, gen.init(), seg, None, settings, np.full(planted.UNITS, 2.0),
                                    np.linspace(0.2, 0.7, planted.UNITS), {workdir!r} + region)
 np.savez({out!r}, **alphas)

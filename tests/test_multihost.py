@@ -28,7 +28,7 @@ source = sources.GeneratedSamples(gen, gen.init(), seg, None, settings.layers, 1
 (rs, js), = engine.collect_statistics(source, settings, workdir + "/dissect").values()
 alpha = search.search(gen, gen.init(), seg, None,
                       search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
-                                                 learning_rate=0.05),
+                                                 learning_rate=0.05, search_samples=32, train_samples=16),
                       np.full(planted.UNITS, 2.0), np.linspace(0.2, 0.7, planted.UNITS), workdir + "/ace")
 if process_id == 0:
     np.savez(workdir + "/result.npz", alpha=alpha, **rs._asdict(), **js._asdict())

@@ -17,7 +17,7 @@ NOT_RUN = {"pip install": "installs the package", "python -m pytest": "the test 
            "python convert/": "needs the released .pth files", "configs/church.cfg": "needs the converted church models"}
 # Flags appended to slow modes (a later flag wins over the flagfile's).
 REDUCED = {"dissect": ["--samples=256"],
-           "ace": ["--ace_steps=2", "--ace_batch_size=4"],
+           "ace": ["--ace_steps=2", "--ace_batch_size=4", "--ace_search_samples=16", "--ace_train_samples=8"],
            "ablate": ["--eval_samples=8", "--random_draws=1", "--ablate_counts=1,2"],
            "insert": ["--context_samples=1"], "trace": ["--context_samples=1"]}
 

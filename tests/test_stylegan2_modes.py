@@ -59,7 +59,7 @@ def test_dissect_and_report(study):
 def ace(study):
     outdir, _, class_name = study
     result = run_main("--mode=ace", f"--dissection={outdir}", f"--class_name={class_name}", f"--layer={LAYER}",
-                      "--ace_steps=2", "--ace_batch_size=2", "--ace_prior_samples=4", "--top_n=3")
+                      "--ace_steps=2", "--ace_batch_size=2", "--ace_search_samples=8", "--ace_train_samples=4", "--top_n=3")
     assert result.returncode == 0, result.stderr
     with open(os.path.join(outdir, "ace", class_name, "ace.json")) as f:
         return json.load(f)

@@ -1,19 +1,16 @@
 """The paper's causal claims in miniature on the shipped toy models (weights/toy), through bench/toy_claims.py
-with the default objective (--ace_region=location), fixed seeds and reduced samples.
+with the default objective (--ace_region=location, the original's), fixed seeds and reduced samples: each
+training corpus is the best 128 of 512 samples, 60 Adam steps of 8 samples of each.
 
-The tree search makes 450 Adam steps of 2 samples: an Adam step moves each
-alpha by about the learning rate (0.01) at most, and the units of highest IoU
-start at alpha near 1 yet add trees when ablated (the top 20 by IoU: -106%),
-so they need a few hundred steps to leave the top 20. Measured: 60 steps of 8
-samples remove 29% of tree pixels, 160 of 4 48%, 300 of 4 51%, 450 of 2 55%.
-The margin is thin: with the insertion values scaled by 1 +- 1e-6 (float
-noise, to which the search's gradient is sensitive; see the README's Scale
-section) 450 steps of 2 remove 51.3% and 52.0%, and 600 steps of 2 50.7% to
-53.8%, so another CPU or XLA build may land under the bar. Since the
-dissection's bins are placed by tail fraction (its IoUs, which start the
-alphas, moved by about 0.002), the same search removes 47.5%: the tree claim
-is an expected failure again.
-The door claim holds after 60 steps of 8, the door search's length here.
+The random-unit and door claims hold. The tree claim does not, here or at
+the original's full settings (measured: the top 20 alpha-ranked tree units
+add 81% more tree pixels here, 99% at full settings): the objective scores
+the class at single cells, where zeroing the tree units does remove trees,
+but 42 of the 128 units reach alpha = 1 at full settings (13 with ten times
+the L2 weight, whose top 20 still add 67%), and zeroing any 20 of them over
+the whole image leaves dark smudges the segmenter reads as tree. The README
+gives the figures; the test marks the claim as an expected failure, so that
+it says so the day the claim starts to hold.
 """
 import json
 import os
@@ -24,9 +21,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-MINIATURE = ["--dissect_samples=1024", "--ace_steps=450", "--ace_batch_size=2", "--door_ace_steps=60",
-             "--door_ace_batch_size=8", "--ace_prior_samples=256",
-             "--eval_samples=64", "--random_draws=3", "--context_samples=6", "--no-trace"]
+MINIATURE = ["--dissect_samples=1024", "--ace_search_samples=512", "--ace_train_samples=128", "--ace_steps=60",
+             "--ace_batch_size=8", "--eval_samples=64", "--random_draws=3", "--context_samples=6", "--no-trace"]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +40,8 @@ def claims(tmp_path_factory):
         return json.load(f)
 
 
-@pytest.mark.xfail(strict=True, reason="47.5% here since the dissection's bins are placed by tail fraction (the "
-                                       "IoU that starts each alpha moved slightly); 54.6% with equal-width bins")
+@pytest.mark.xfail(strict=True, reason="with the original's objective the top 20 alpha tree units add tree pixels "
+                                       "when ablated over the whole image (-81% here, -99% at full settings)")
 def test_top_20_alpha_tree_units_remove_half_the_trees(claims):
     assert claims["ace_region"] == "location"
     assert claims["tree_removed_by_alpha"] >= 0.5

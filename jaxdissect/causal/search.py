@@ -1,17 +1,19 @@
 """The alpha search: which units of a layer cause a class (design section 1).
 
 Maximises ACE(alpha) - l2 * |alpha|^2 over alpha in [0, 1]^U with Adam,
-clamping alpha to [0, 1] after every step, on a fresh batch of samples per
-step (sample i's latent depends only on (seed, i), batches sharded across
-all devices). The ACE is one of two objectives (`region`):
+clamping alpha to [0, 1] after every step (batches sharded across all
+devices). The ACE is one of two objectives (`region`):
 
-- 'location' (the reference's): ablation at each sample's cell where the
-  class is most present, insertion at one candidate cell per sample
-  (jaxdissect.causal.location); the candidates are drawn by where the class
-  usually is, measured first on `prior_samples` samples;
-- 'image': ablation at every cell the class touches and insertion at every
-  other cell at once (jaxdissect.causal.ace). Its optimum turns much of the
-  image into the class.
+- 'location' (the reference's): on fixed training corpora chosen first
+  (jaxdissect.causal.corpus), ablation at each present sample's cell where
+  the class is most present and insertion at each candidate sample's best
+  cell (jaxdissect.causal.location). Step t takes the next `batch_size`
+  samples of each corpus, which is walked in a fresh random order every
+  pass (an epoch), the order depending only on (seed, pass);
+- 'image': on a fresh batch of samples per step, ablation at every cell the
+  class touches and insertion at every other cell at once
+  (jaxdissect.causal.ace). Its optimum turns much of the image into the
+  class.
 
 Units ranked by alpha (ties: by IoU with the class, then by index) are the
 causal ranking; its top n the causal set. Resumable from checkpoints in
@@ -26,6 +28,7 @@ import numpy as np
 import optax
 
 from jaxdissect import parallel
+from jaxdissect.causal import corpus as corpus_lib
 from jaxdissect.causal import location
 from jaxdissect.causal.ace import causal_effect
 from jaxdissect.errors import UserError
@@ -38,15 +41,16 @@ REGIONS = ("location", "image")
 class AlphaSearchSettings:
     layer: str
     class_index: int
-    steps: int = 300
-    batch_size: int = 16
+    steps: int = 500
+    batch_size: int = 20
     learning_rate: float = 0.01
     l2: float = 0.005
     seed: int = 2
     downsample: int = 1
     region: str = "location"
     probes: int = 5
-    prior_samples: int = 512
+    search_samples: int = 10000
+    train_samples: int = 1000
     checkpoint_every: int = 50
     log_every: int = 10
 
@@ -59,31 +63,30 @@ def initial_alpha(iou, strategy="iou"):
     return np.clip(iou / max(float(iou.max()), 1e-9), 0.0, 1.0)
 
 
-def _effect(generator, g_params, segmenter, s_params, settings, alpha, value, index, presence):
-    """The settings' objective (a dict with 'ace') for the samples `index`."""
-    z = parallel.latents_at(settings.seed, index, generator.latent_size)
+def _effect(generator, g_params, segmenter, s_params, settings, alpha, value, batch):
+    """The settings' objective (a dict with 'ace') on `batch` (see `training_batch`)."""
     if settings.region == "image":
+        z = parallel.latents_at(settings.seed, batch["index"], generator.latent_size)
         return causal_effect(generator, g_params, segmenter, s_params, settings.layer, alpha, value,
                              settings.class_index, z, settings.downsample)
     return location.location_effect(generator, g_params, segmenter, s_params, settings.layer, alpha, value,
-                                    settings.class_index, z, index, presence, settings.seed, settings.probes,
-                                    settings.downsample)
+                                    settings.class_index, settings.seed, batch, settings.downsample)
 
 
 @functools.lru_cache(maxsize=None)
 def _step_fn(generator, segmenter, settings):
-    """(optax optimizer, jit step(state, g_params, s_params, value, presence, index) -> (state, metrics))."""
+    """(optax optimizer, jit step(state, g_params, s_params, value, batch) -> (state, metrics))."""
     if settings.region not in REGIONS:
         raise UserError(f"--ace_region={settings.region}: expected one of {', '.join(REGIONS)}")
     opt = optax.adam(settings.learning_rate)
 
-    def loss(alpha, g_params, s_params, value, presence, index):
-        effect = _effect(generator, g_params, segmenter, s_params, settings, alpha, value, index, presence)
+    def loss(alpha, g_params, s_params, value, batch):
+        effect = _effect(generator, g_params, segmenter, s_params, settings, alpha, value, batch)
         return -effect["ace"] + settings.l2 * jnp.sum(jnp.square(alpha)), effect
 
-    def step(state, g_params, s_params, value, presence, index):
+    def step(state, g_params, s_params, value, batch):
         (value_loss, effect), grad = jax.value_and_grad(loss, has_aux=True)(state["alpha"], g_params, s_params,
-                                                                            value, presence, index)
+                                                                            value, batch)
         updates, opt_state = opt.update(grad, state["opt"], state["alpha"])
         alpha = jnp.clip(optax.apply_updates(state["alpha"], updates), 0.0, 1.0)
         metrics = {"loss": value_loss, **effect}
@@ -99,33 +102,59 @@ def initial_state(opt, alpha0):
     return jax.device_put(state, parallel.replicated())
 
 
-def class_presence(generator, g_params, segmenter, s_params, settings):
-    """(H, W) where the class usually is (the location objective's probe weights), replicated; the
-    image objective does not use it (a 0)."""
+def epoch_positions(seed, stream, length, start, count):
+    """(count,) positions in a corpus of `length` samples of draws [start, start + count) of a walk
+    through it in a fresh random order every pass; pass e's order depends only on (seed, stream, e)."""
+    draws = np.arange(start, start + count)
+    orders = {e: np.random.default_rng([seed, stream, e]).permutation(length) for e in set(draws // length)}
+    return np.array([orders[d // length][d % length] for d in draws], np.int64)
+
+
+def training_batch(settings, corpus, step):
+    """Step `step`'s batch as a dict of batch-sharded (batch_size,) int32 arrays: the image objective's
+    'index' (fresh samples), or the location objective's present and candidate samples and cells."""
+    b = settings.batch_size
+    start = step * b
     if settings.region == "image":
-        return jax.device_put(jnp.zeros((), jnp.float32), parallel.replicated())
-    presence = location.class_presence(generator, g_params, segmenter, s_params, settings.layer,
-                                       settings.class_index, settings.seed, settings.prior_samples,
-                                       settings.batch_size, settings.downsample)
-    if not float(presence.sum()) > 0:
-        raise UserError(f"the class never appears in the {settings.prior_samples} samples the search draws its "
-                        "candidate cells from; raise --ace_prior_samples or pick another class")
-    return jax.device_put(jnp.asarray(presence), parallel.replicated())
+        return {"index": parallel.global_indices(start, b, start + b)}
+    batch = {}
+    for stream, kind in enumerate(("present", "candidate")):
+        index, cell = getattr(corpus, f"{kind}_index"), getattr(corpus, f"{kind}_cell")
+        at = epoch_positions(settings.seed, stream, len(index), start, b)
+        for name, values in ((f"{kind}_index", index[at]), (f"{kind}_cell", cell[at])):
+            batch[name] = parallel.global_batch((b,), np.int32, lambda i, j, v=values: v[i:j])
+    return batch
 
 
-def search(generator, g_params, segmenter, s_params, settings, value, alpha0, workdir):
-    """Runs (or resumes) the search; returns the final alpha (U,) as numpy."""
+def featuremap_size(generator, g_params, layer):
+    """(H, W) of the generator's featuremap at `layer`."""
+    z = jax.ShapeDtypeStruct((1, generator.latent_size), jnp.float32)
+    return jax.eval_shape(lambda z: generator.h(g_params, z, (layer,))[layer], z).shape[1:3]
+
+
+def training_corpus(generator, g_params, segmenter, s_params, settings, value, workdir):
+    """The Corpus the search trains on (read back on resume); the image objective uses only its
+    presence-weighted value, so only its present part is built. `value` None: the candidates are
+    probed with the presence-weighted value."""
+    return corpus_lib.load_or_build(generator, g_params, segmenter, s_params, settings, value, workdir,
+                                    featuremap_size(generator, g_params, settings.layer),
+                                    candidates=settings.region == "location")
+
+
+def search(generator, g_params, segmenter, s_params, settings, value, alpha0, workdir, corpus=None):
+    """Runs (or resumes) the search; returns the final alpha (U,) as numpy. `value` (U,) is the insertion
+    value; `corpus` the location objective's training corpora (built here if None)."""
     opt, step = _step_fn(generator, segmenter, settings)
+    if corpus is None and settings.region == "location":
+        corpus = training_corpus(generator, g_params, segmenter, s_params, settings, value, workdir)
     checkpoints = Checkpoints(workdir)
     state = jax.device_put(checkpoints.restore(initial_state(opt, alpha0)), parallel.replicated())
-    presence = class_presence(generator, g_params, segmenter, s_params, settings)
     log = MetricLog(workdir, settings.steps, "alpha search") if jax.process_index() == 0 else None
     value = jnp.asarray(value, jnp.float32)
     t = int(state["step"])
     while t < settings.steps:
-        start = t * settings.batch_size
-        index = parallel.global_indices(start, settings.batch_size, start + settings.batch_size)
-        state, metrics = parallel.one_program_at_a_time(step(state, g_params, s_params, value, presence, index))
+        batch = training_batch(settings, corpus, t)
+        state, metrics = parallel.one_program_at_a_time(step(state, g_params, s_params, value, batch))
         t += 1
         if log and (t % settings.log_every == 0 or t == settings.steps):
             log.log(t, metrics, settings.batch_size)

@@ -28,8 +28,11 @@ from jaxdissect.errors import UserError
 flags.DEFINE_string("class_name", None, "ace/ablate/insert/trace: the class to study, e.g. tree.")
 flags.DEFINE_string("layer", None, "ace/ablate/insert/trace/artifacts: the generator layer (default: ace.json's "
                     "layer if there is one, else the dissection's first layer).")
-flags.DEFINE_integer("ace_steps", 300, "ace: Adam steps of the alpha search.")
-flags.DEFINE_integer("ace_batch_size", 16, "ace: samples per step (a fresh batch each step).")
+flags.DEFINE_integer("ace_steps", 500, "ace: Adam steps of the alpha search (the reference's: 10 passes over "
+                     "1,000 training samples, 20 per step).")
+flags.DEFINE_integer("ace_batch_size", 20, "ace: samples per step (the reference's 20; a multiple of the device "
+                     "count): with --ace_region=location, that many of each training corpus; with image, a fresh "
+                     "batch. Also the batch of the corpus search.")
 flags.DEFINE_float("ace_lr", 0.01, "ace: Adam learning rate (the reference's 0.01).")
 flags.DEFINE_float("ace_l2", 0.005, "ace: weight of the L2 penalty on alpha, per sample (the reference's 0.005; "
                    "smaller: larger causal sets).")
@@ -39,18 +42,23 @@ flags.DEFINE_enum("ace_region", "location", ["location", "image"],
                   "every cell the class touches and insert at every other cell at once, scored over those pixels "
                   "(its optimum turns much of the image into the class).")
 flags.DEFINE_integer("ace_probes", 5, "ace, --ace_region=location: cells probed per sample to pick its candidate "
-                     "cell (drawn where the class usually is).")
-flags.DEFINE_integer("ace_prior_samples", 512, "ace, --ace_region=location: samples measuring where the class "
-                     "usually is (the probe cells' weights).")
+                     "cell (drawn where the class is usually most present).")
+flags.DEFINE_integer("ace_search_samples", 10000, "ace: samples looked through for each training corpus (the "
+                     "reference's 10,000): those where the class is most present, and, with --ace_region=location, "
+                     "the next as many for those where inserting the units adds the class most.")
+flags.DEFINE_integer("ace_train_samples", 1000, "ace, --ace_region=location: size of each training corpus (the "
+                     "reference's 1,000).")
 flags.DEFINE_integer("ace_seed", 2, "ace: latent seed of the search's samples (keep it apart from the "
                      "dissection's --seed and the analyses' --eval_seed).")
 flags.DEFINE_enum("alpha_init", "iou", ["iou", "constant"],
                   "ace: starting alpha: the units' IoU with the class scaled to [0, 1], or 0.5 for every unit.")
 flags.DEFINE_integer("top_n", 20, "ace/insert/trace/artifacts: size of the unit set (the paper: 20 of 512; "
                      "by default at most the layer's unit count).")
-flags.DEFINE_enum("insert_value", "mean", ["mean", "quantile"],
-                  "ace: value a unit is inserted at: 'mean' = its mean activation on the class's pixels "
-                  "(the reference), 'quantile' = its --insert_quantile activation on them.")
+flags.DEFINE_enum("insert_value", "presence", ["presence", "mean", "quantile"],
+                  "ace: value a unit is inserted at: 'presence' = its featuremap's mean over the cells of the "
+                  "--ace_search_samples samples, weighted by the class's share of each cell (the reference's), "
+                  "'mean' = its mean upsampled activation on the class's pixels in the dissection, 'quantile' = "
+                  "its --insert_quantile activation on them.")
 flags.DEFINE_float("insert_quantile", 0.99, "ace: the quantile of --insert_value=quantile.")
 
 
@@ -176,6 +184,21 @@ def featuremap_cells(study):
     return shape[1] * shape[2]
 
 
+def insertion_value_and_corpus(study, settings, outdir):
+    """(the --insert_value (U,), the search's training corpus or None): the corpus is built when the
+    objective trains on it or the value comes from it."""
+    from jaxdissect.causal import concept, search
+    value = None
+    if FLAGS.insert_value != "presence":
+        value = concept.insertion_values(study.dissection, study.layer, study.class_index, FLAGS.insert_value,
+                                         FLAGS.insert_quantile)
+    if value is not None and settings.region == "image":
+        return value, None
+    corpus = search.training_corpus(study.generator, study.g_params, study.segmenter, study.s_params, settings, value,
+                                    outdir)
+    return (corpus.presence_value if value is None else value), corpus
+
+
 @register("ace", "Find a class's causal units (the alpha search) from a dissection; writes ace.json.")
 def run_ace():
     import jax
@@ -189,18 +212,18 @@ def run_ace():
     units = study.dissection.matrix(study.layer, "iou").shape[0]
     check_flags(("ace_steps", FLAGS.ace_steps >= 1), ("ace_lr", FLAGS.ace_lr > 0), ("ace_l2", FLAGS.ace_l2 >= 0),
                 ("ace_batch_size", FLAGS.ace_batch_size >= 1 and FLAGS.ace_batch_size % parallel.batch_multiple() == 0),
-                ("ace_prior_samples", FLAGS.ace_prior_samples >= 1),
+                ("ace_search_samples", FLAGS.ace_search_samples >= 1),
+                ("ace_train_samples", FLAGS.ace_train_samples >= 1),
                 ("ace_probes", 1 <= FLAGS.ace_probes <= featuremap_cells(study)))
     n = top_n(units)
     outdir = output_dir("ace", study.class_name)
-    value = concept.insertion_values(study.dissection, study.layer, study.class_index, FLAGS.insert_value,
-                                     FLAGS.insert_quantile)
     iou = study.dissection.matrix(study.layer, "iou")[:, study.class_index]
     alpha0 = search.initial_alpha(iou, FLAGS.alpha_init)
     settings = search.AlphaSearchSettings(
         layer=study.layer, class_index=study.class_index, steps=FLAGS.ace_steps, batch_size=FLAGS.ace_batch_size,
         learning_rate=FLAGS.ace_lr, l2=FLAGS.ace_l2, seed=FLAGS.ace_seed, downsample=study.downsample,
-        region=FLAGS.ace_region, probes=FLAGS.ace_probes, prior_samples=FLAGS.ace_prior_samples)
+        region=FLAGS.ace_region, probes=FLAGS.ace_probes, search_samples=FLAGS.ace_search_samples,
+        train_samples=FLAGS.ace_train_samples)
     recorded = {**dataclasses.asdict(settings), "alpha_init": FLAGS.alpha_init, "insert_value": FLAGS.insert_value,
                 "insert_quantile": FLAGS.insert_quantile, "dissection": os.path.abspath(dissection_dir()),
                 "generator": FLAGS.generator, "segmenter": FLAGS.segmenter, "segdiv": FLAGS.segdiv}
@@ -208,8 +231,12 @@ def run_ace():
         os.makedirs(outdir, exist_ok=True)
         guard_outdir(outdir, {**recorded, "generator": generator_id(FLAGS.generator),
                               "segmenter": folder_id(FLAGS.segmenter)}, "alpha_search")
+    value, corpus = insertion_value_and_corpus(study, settings, outdir)
+    if corpus is not None and settings.region == "location":
+        print(f"training corpora: {len(corpus.present_index)} samples to ablate, {len(corpus.candidate_index)} to "
+              f"insert into (of {settings.search_samples} each)")
     alpha = search.search(study.generator, study.g_params, study.segmenter, study.s_params, settings, value, alpha0,
-                          outdir)
+                          outdir, corpus)
     record = concept.ace_record(study.layer, study.class_name, study.class_index, alpha, search.ranking(alpha, iou),
                                 n, value, recorded, concept.read_loss_curve(outdir))
     if jax.process_index() == 0:
