@@ -60,23 +60,30 @@ def synthetic_corpus(generator, layer, samples, seed=0):
                              dtype=np.int32), cells(), np.ones(units, np.float32), np.ones(height * width))
 
 
-def step_rate(args, generator, g_params, segmenter, s_params):
-    """(compile + first step seconds, steps/s after it) of the search's jitted step, on batches as the
-    search makes them."""
-    settings = search.AlphaSearchSettings(layer=args.layer, class_index=args.class_index,
-                                          batch_size=args.batch_size, downsample=args.downsample,
-                                          region=args.ace_region)
+def search_step(generator, segmenter, layer, class_index, batch_size, downsample, region="location"):
+    """(the search's jitted step (state, g_params, s_params, value, batch) of objective `region`, a starting
+    state placed as search.search places it, insertion values, batch_at(t): step t's batch as the search
+    makes it, from a synthetic corpus for the location objective)."""
+    settings = search.AlphaSearchSettings(layer=layer, class_index=class_index, batch_size=batch_size,
+                                          downsample=downsample, region=region)
     opt, step = search._step_fn(generator, segmenter, settings)
-    units = generator.featuremap_shape(args.layer)[-1]
-    state, value = search.initial_state(opt, jnp.full((units,), 0.5, jnp.float32)), jnp.ones((units,))
-    corpus = synthetic_corpus(generator, args.layer, 1000)
+    units = generator.featuremap_shape(layer)[-1]
+    corpus = synthetic_corpus(generator, layer, 1000)
+    return (step, search.initial_state(opt, jnp.full((units,), 0.5, jnp.float32)), jnp.ones((units,), jnp.float32),
+            lambda t: search.training_batch(settings, corpus, t))
+
+
+def step_rate(args, generator, g_params, segmenter, s_params):
+    """(compile + first step seconds, steps/s after it) of the search's jitted step."""
+    step, state, value, batch_at = search_step(generator, segmenter, args.layer, args.class_index,
+                                               args.batch_size, args.downsample, args.ace_region)
     started = time.time()
-    state, metrics = step(state, g_params, s_params, value, search.training_batch(settings, corpus, 0))
+    state, metrics = step(state, g_params, s_params, value, batch_at(0))
     jax.block_until_ready(metrics)
     compile_s = time.time() - started
     started = time.time()
     for t in range(1, args.steps + 1):
-        state, metrics = step(state, g_params, s_params, value, search.training_batch(settings, corpus, t))
+        state, metrics = step(state, g_params, s_params, value, batch_at(t))
     jax.block_until_ready(metrics)
     return compile_s, args.steps / (time.time() - started)
 

@@ -148,8 +148,8 @@ def bench_dissection(config, generator, g_params, segmenter, s_params, flops, pe
 
 def bench_alpha_search(config, generator, g_params, segmenter, s_params, reps, peak):
     batch = device_multiple(config.ace_batch_size)
-    step, state, value = search_step(generator, segmenter, config.layers[0], 1, batch, config.downsample)
-    index = parallel.global_indices(0, batch, batch)
+    step, state, value, batch_at = search_step(generator, segmenter, config.layers[0], 1, batch, config.downsample)
+    index = batch_at(0)
     flops = function_flops(step, state, g_params, s_params, value, index) / batch
     started = time.perf_counter()
     state, metrics = step(state, g_params, s_params, value, index)
