@@ -16,6 +16,7 @@ from jaxdissect.models.load import load_generator
 from jaxdissect.models.stylegan2 import StyleGAN2
 from jaxdissect.models.stylegan2_convert import average_w
 from jaxdissect.training import gan
+from jaxdissect.training.loop import Checkpoints
 
 TINY_SIZES = (8, 16, 8, 8)          # z and w of 8, channels at 4x4, 8x8, 16x16
 SIZES_64 = "8,16,8,8,4,4"          # the same up to 64x64
@@ -58,6 +59,34 @@ def test_training_moves_every_used_parameter_and_resumes_bit_for_bit(tmp_path):
     assert os.listdir(killed / "checkpoints") == ["2"]
     resumed = gan.train(config, str(killed), noise_images)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(straight))
+
+
+def test_a_run_stopped_early_exports_its_newest_checkpoint_when_rerun_to_that_step(tmp_path):
+    """How the shipped toy StyleGAN2 was exported after its run was stopped: rerunning the command with
+    --train_steps=the newest checkpoint's step trains nothing and writes that checkpoint's generator (its EMA
+    weights, w_avg set) and discriminator, recording the step."""
+    config = gan.GANConfig(sizes=TINY_SIZES, arch="stylegan2", mapping_layers=1, batch_size=4, steps=3,
+                           r1_every=1, log_every=1, checkpoint_every=2)
+    workdir = tmp_path / "stopped"
+    gan.train(config, str(workdir), noise_images)
+    shutil.rmtree(workdir / "checkpoints" / "3")                 # as if stopped after step 2's checkpoint
+    saved = jax.device_get(Checkpoints(str(workdir)).restore(gan.init_state(config)))
+    result = run_main("--mode=train_gan", "--gan_arch=stylegan2", "--gan_sizes=8,16,8,8", "--mapping_layers=1",
+                      f"--workdir={workdir}", "--train_steps=2")
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(workdir / "checkpoints") == ["2"]
+    with open(workdir / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3]   # nothing trained, nothing logged
+    generator, params = load_generator(str(workdir / "generator"))
+    with open(workdir / "generator" / "meta.json") as f:
+        assert json.load(f)["source"]["steps"] == 2
+    for path, a in jax.tree.leaves_with_path(saved["g_ema"]):
+        if jax.tree_util.keystr(path) != "['params']['w_avg']":
+            np.testing.assert_array_equal(leaf(params, path), a)
+    np.testing.assert_allclose(params["params"]["w_avg"], average_w(generator, params), rtol=1e-6)
+    _, d_params = train_toy.trained_gan(str(workdir), gan.GANConfig(sizes=TINY_SIZES, arch="stylegan2",
+                                                                    mapping_layers=1))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(d_params), saved["d"])
 
 
 def leaf(tree, path):
