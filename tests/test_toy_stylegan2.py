@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from cli_helpers import run_main
+from cli_helpers import REPO, run_main
+from jaxdissect import parallel
 from jaxdissect.cli import train_toy
 from jaxdissect.errors import UserError
 from jaxdissect.models.load import load_generator
@@ -116,3 +117,24 @@ def test_a_64x64_export_generates_64x64_images_and_is_not_taken_for_a_proggan(tm
     with pytest.raises(UserError, match=re.escape("its generator is stylegan2 sizes [8, 16, 8, 8, 4, 4] with 1 "
                                                   "mapping layers, the flags ask for proggan sizes [8, 16, 8, 8, 4, 4]")):
         train_toy.trained_gan(workdir, as_proggan)
+
+
+def test_the_shipped_toy_stylegan2_draws_64x64_scenes_with_the_proggans_unit_counts():
+    """weights/toy/stylegan2/generator: a StyleGAN2 whose images are 64x64, finite and nominally in [-1, 1]
+    (unclamped, as upstream: under 1% of the values beyond), and whose layers in configs/toy_stylegan2.cfg
+    have the shapes of the toy ProGAN's layer4 and layer6, the layers they are compared with."""
+    folder = os.path.join(REPO, "weights", "toy")
+    generator, params = load_generator(os.path.join(folder, "stylegan2", "generator"))
+    proggan, _ = load_generator(os.path.join(folder, "generator"))
+    assert isinstance(generator, StyleGAN2) and generator.resolution == 64
+    with open(os.path.join(REPO, "configs", "toy_stylegan2.cfg")) as f:
+        flags = dict(line.strip().split("=", 1) for line in f if line.startswith("--"))
+    assert flags["--generator"] == "weights/toy/stylegan2/generator"
+    layers = flags["--layers"].split(",")
+    assert [generator.featuremap_shape(name) for name in layers] == [proggan.featuremap_shape(name)
+                                                                     for name in ("layer4", "layer6")]
+    images, captured = generator(params, parallel.latents(1, 0, 8, generator.latent_size), capture=layers)
+    images = np.asarray(images)
+    assert images.shape == (8, 64, 64, 3) and np.all(np.isfinite(images))
+    assert np.mean(np.abs(images) > 1) < 0.01
+    assert [captured[name].shape[1:] for name in layers] == [generator.featuremap_shape(name) for name in layers]
