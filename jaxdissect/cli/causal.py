@@ -177,11 +177,9 @@ def ace_figure(record):
 
 def featuremap_cells(study):
     """H * W of the study's layer."""
-    import jax
-    import jax.numpy as jnp
-    z = jax.ShapeDtypeStruct((1, study.generator.latent_size), jnp.float32)
-    shape = jax.eval_shape(lambda z: study.generator.h(study.g_params, z, (study.layer,))[study.layer], z).shape
-    return shape[1] * shape[2]
+    from jaxdissect.causal.search import featuremap_size
+    height, width = featuremap_size(study.generator, study.g_params, study.layer)
+    return height * width
 
 
 def insertion_value_and_corpus(study, settings, outdir):
