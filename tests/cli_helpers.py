@@ -14,9 +14,7 @@ PROGRESS = re.compile(r".* \[[# ]+\] \d+/\d+ |\[[\w ]+\] step \d+/\d+ ")   # pro
 
 def run_main(*args, devices=None, timeout=600):
     """`python main.py ARGS` from the repo root; `devices` simulates that many CPU devices."""
-    env = dict(os.environ)
-    if "JAXDISSECT_TEST_XLA_CACHE" in env:      # set by conftest for the whole session
-        env["JAX_COMPILATION_CACHE_DIR"] = env["JAXDISSECT_TEST_XLA_CACHE"]
+    env = dict(os.environ)                      # with conftest's compilation cache
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], capture_output=True,

@@ -14,10 +14,16 @@ def fixtures_dir():
 
 
 def pytest_configure(config):
-    """One XLA compilation cache for this test session's main.py subprocesses (see cli_helpers.run_main):
-    runs that compile the same program (e.g. a training step and the toy world inside it) compile it once."""
-    os.environ["JAXDISSECT_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="jaxdissect-tests-xla-cache-")
+    """One XLA compilation cache for this test session and every process it starts (main.py runs,
+    bench scripts, multi-host workers inherit the environment): a program compiled once, e.g. a training
+    step or the toy world inside it, is read back by every later process that needs it. Every program is
+    kept, however fast it compiled: a main.py run compiles about 150 small ones (measured: a tiny
+    train_gan run takes 9 s with all of them cached, 18 s with only those over JAX's 1 s default)."""
+    cache = tempfile.mkdtemp(prefix="jaxdissect-tests-xla-cache-")
+    config.xla_cache = cache
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(os.environ.pop("JAXDISSECT_TEST_XLA_CACHE", ""), ignore_errors=True)
+    shutil.rmtree(getattr(config, "xla_cache", ""), ignore_errors=True)

@@ -33,8 +33,6 @@ def claims(tmp_path_factory):
     root = tmp_path_factory.mktemp("claims")
     summary = root / "claims.json"
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if "JAXDISSECT_TEST_XLA_CACHE" in env:
-        env["JAX_COMPILATION_CACHE_DIR"] = env["JAXDISSECT_TEST_XLA_CACHE"]
     result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "toy_claims.py"), f"--root={root}",
                              f"--summary={summary}", *MINIATURE], capture_output=True, text=True, cwd=REPO, env=env,
                             timeout=900)
