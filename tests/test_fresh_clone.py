@@ -50,7 +50,7 @@ def clone(tmp_path):
 
 def test_fixture_backed_tests_pass_in_a_fresh_clone(clone):
     env = dict(os.environ, PYTHONPATH=str(clone))  # the clone's package, not this checkout's
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                            *FIXTURE_TESTS], cwd=clone, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
