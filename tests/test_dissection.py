@@ -310,19 +310,15 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     settings = planted_settings(samples=100)
     whole = engine.collect_statistics(planted_source(settings), settings, str(tmp_path / "whole"))
 
-    real_step_fn = engine._main_fold_fn
+    real_fold = engine._fold_batch
     calls = {"n": 0, "die_at": 4}     # the main pass's 4th batch, after a checkpoint at the 2nd
 
-    def counting_step_fn(*args):
-        fold = real_step_fn(*args)
-
-        def counting_fold(*fold_args):
-            calls["n"] += 1
-            if calls["n"] == calls["die_at"]:
-                raise Interrupt()
-            return fold(*fold_args)
-        return counting_fold
-    monkeypatch.setattr(engine, "_main_fold_fn", counting_step_fn)
+    def counting_fold(*args):
+        calls["n"] += 1
+        if calls["n"] == calls["die_at"]:
+            raise Interrupt()
+        return real_fold(*args)
+    monkeypatch.setattr(engine, "_fold_batch", counting_fold)
     with pytest.raises(Interrupt):
         engine.collect_statistics(planted_source(settings), settings, str(tmp_path / "resumed"))
     calls.update(n=0, die_at=None)

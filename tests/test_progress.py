@@ -51,24 +51,20 @@ def test_a_resumed_dissection_says_so(tmp_path, monkeypatch, capsys):
                                       top_k=2)
     source = sources.GeneratedSamples(gen, gen.init(), planted.PlantedSegmenter(), None, settings.layers, 1,
                                       settings.seed)
-    real_step_fn = engine._main_fold_fn
+    real_fold, calls = engine._fold_batch, []
 
-    def dying_step_fn(*args):
-        fold, calls = real_step_fn(*args), []
-
-        def counting_fold(*fold_args):
-            calls.append(1)
-            if len(calls) == 3:        # the main pass's 3rd batch, after a checkpoint at the 2nd
-                raise KeyboardInterrupt
-            return fold(*fold_args)
-        return counting_fold
-    monkeypatch.setattr(engine, "_main_fold_fn", dying_step_fn)
+    def dying_fold(*args):
+        calls.append(1)
+        if len(calls) == 3:        # the main pass's 3rd batch, after a checkpoint at the 2nd
+            raise KeyboardInterrupt
+        return real_fold(*args)
+    monkeypatch.setattr(engine, "_fold_batch", dying_fold)
     try:
         engine.collect_statistics(source, settings, str(tmp_path))
     except KeyboardInterrupt:
         pass
     assert "resuming" not in capsys.readouterr().err
-    monkeypatch.setattr(engine, "_main_fold_fn", real_step_fn)
+    monkeypatch.setattr(engine, "_fold_batch", real_fold)
     engine.collect_statistics(source, settings, str(tmp_path))
     assert "dissection (units x classes): resuming at sample 32 of 100\n" in capsys.readouterr().err
 
