@@ -15,10 +15,10 @@ def fixtures_dir():
 
 def pytest_configure(config):
     """One XLA compilation cache for this test session and every process it starts (xdist workers,
-    main.py runs, bench scripts, multi-host workers inherit the environment): a program compiled once, e.g. a training
-    step or the toy world inside it, is read back by every later process that needs it. Every program is
-    kept, however fast it compiled: a main.py run compiles about 150 small ones (measured: a tiny
-    train_gan run takes 9 s with all of them cached, 18 s with only those over JAX's 1 s default)."""
+    main.py runs, bench scripts and multi-host workers inherit the environment): a program compiled once,
+    e.g. a training step or the toy world inside it, is read back by every later process that needs it.
+    Every program is kept, however fast it compiled: a main.py run compiles about 150 small ones (measured:
+    a tiny train_gan run takes 9 s with all of them cached, 18 s with only those over JAX's 1 s default)."""
     if hasattr(config, "workerinput"):      # an xdist worker: its controller has set the cache up
         return
     cache = tempfile.mkdtemp(prefix="jaxdissect-tests-xla-cache-")

@@ -68,6 +68,12 @@ def _samples_done(index, folded):
     return jnp.max(index) + 1
 
 
+def _each_layer(layers, update):
+    """{layer: update(layer)}, each layer's compiled program dispatched on its own (on several processes
+    each finishes before the next is dispatched: parallel.one_program_at_a_time)."""
+    return {name: parallel.one_program_at_a_time(update(name)) for name in layers}
+
+
 def _fold_batch(states, seg, maps, index, label_category):
     """{'range', 'joint'} states with samples `index` folded in: two compiled programs per layer.
 
@@ -76,13 +82,10 @@ def _fold_batch(states, seg, maps, index, label_category):
     ran about 2.5% faster than one program holding every layer's folds (the
     toy dissection, alternated runs): XLA's CPU runtime overlaps them.
     """
-    folded = {"range": {}, "joint": {}}
-    for name in states["joint"]:
-        folded["range"][name] = parallel.one_program_at_a_time(
-            stats.range_update(states["range"][name], maps[name], index))
-        folded["joint"][name] = parallel.one_program_at_a_time(
-            stats.joint_update(states["joint"][name], maps[name], seg, index, label_category))
-    return folded
+    layers = tuple(states["joint"])
+    return {"range": _each_layer(layers, lambda name: stats.range_update(states["range"][name], maps[name], index)),
+            "joint": _each_layer(layers, lambda name: stats.joint_update(states["joint"][name], maps[name], seg,
+                                                                          index, label_category))}
 
 
 class _Run:
@@ -180,8 +183,8 @@ def _range_pass(source, settings, state, run):
     end: a run killed before the bins are placed redoes this short pass)."""
     def step(state, start, index):
         maps = source.featuremaps(start, index)
-        state["calibration"] = {name: parallel.one_program_at_a_time(
-            stats.range_update(state["calibration"][name], maps[name], index)) for name in settings.layers}
+        state["calibration"] = _each_layer(settings.layers, lambda name: stats.range_update(
+            state["calibration"][name], maps[name], index))
         return state, _samples_done(index, state["calibration"])
     samples = min(settings.calibration_samples, settings.samples)
     state = _passes(settings, state, run, "calibration (unit ranges)", samples, step)
@@ -195,9 +198,8 @@ def _bin_placement_pass(source, settings, state, run, size, joint_init):
 
     def step(state, start, index):
         maps = source.featuremaps(start, index)
-        state["cells"] = {name: parallel.one_program_at_a_time(
-            stats.cell_update(state["cells"][name], maps[name], index, ranges[name].minimum, ranges[name].maximum,
-                              size)) for name in settings.layers}
+        state["cells"] = _each_layer(settings.layers, lambda name: stats.cell_update(
+            state["cells"][name], maps[name], index, ranges[name].minimum, ranges[name].maximum, size))
         return state, _samples_done(index, state["cells"])
     samples = min(settings.calibration_samples, settings.samples)
     state = _passes(settings, state, run, "calibration (bin placement)", samples, step)
