@@ -61,6 +61,15 @@ class JointStats(NamedTuple):
     raw_cells: jax.Array     # () int32: featuremap cells seen
 
 
+class LayerStatistics(NamedTuple):
+    """Everything a dissection collects about one layer (as numpy once collected)."""
+    range: RangeStats
+    joint: JointStats
+    # The replayed original quantile sketch of the raw featuremap (--original_sketch_seed), as its
+    # summary (values (U, M), weights (M,)), or None (jaxdissect.dissection.original_sketch).
+    raw_sketch: tuple = None
+
+
 def range_init(units, top_k):
     return RangeStats(jnp.full((units,), jnp.inf), jnp.full((units,), -jnp.inf),
                       jnp.full((top_k, units), -jnp.inf), jnp.full((top_k, units), -1, jnp.int32))

@@ -298,7 +298,7 @@ def test_planted_unit_is_found(tmp_path, readout):
     assert max(u["iou"] for u in others) < 0.3
     _, label_category = sources.category_numbers(planted.CATEGORIES)
     for rule in ("paper_quantile", "reference_quantile"):
-        quantile = results.all_matrices(collected["layer"][1], settings, label_category)[f"{rule}_iou"]
+        quantile = results.all_matrices(collected["layer"], settings, label_category)[f"{rule}_iou"]
         assert np.argmax(quantile[:, planted.THING]) == planted.PLANTED_UNIT
 
 
@@ -306,8 +306,11 @@ class Interrupt(Exception):
     pass
 
 
-def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
-    settings = planted_settings(samples=100)
+@pytest.mark.parametrize("sketch_seed", [None, 3])
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, sketch_seed):
+    """With --original_sketch_seed, the replayed sketch (kept on the host, beside the checkpoints)
+    resumes too."""
+    settings = planted_settings(samples=100, original_sketch_seed=sketch_seed)
     whole = engine.collect_statistics(planted_source(settings), settings, str(tmp_path / "whole"))
 
     real_fold = engine._fold_batch
@@ -324,9 +327,8 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     calls.update(n=0, die_at=None)
     resumed = engine.collect_statistics(planted_source(settings), settings, str(tmp_path / "resumed"))
     assert calls["n"] == 7 - 2        # 7 batches of 16 for 100 samples; the first 2 were checkpointed
-    for part_whole, part_resumed in zip(whole["layer"], resumed["layer"]):
-        for a, b in zip(part_whole, part_resumed):
-            np.testing.assert_array_equal(a, b)
+    jax.tree.map(np.testing.assert_array_equal, tuple(whole["layer"]), tuple(resumed["layer"]))
+    assert (whole["layer"].raw_sketch is None) == (sketch_seed is None)
 
 
 def test_other_run_in_same_folder_is_refused(tmp_path):
@@ -347,7 +349,7 @@ gen = planted.PlantedGenerator()
 seg = planted.PlantedSegmenter(label_categories=("", "object", "part"))   # two categories: every histogram
 settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5)
 source = sources.GeneratedSamples(gen, gen.init(), seg, None, settings.layers, 1, settings.seed)
-(rs, js), = engine.collect_statistics(source, settings, {outdir!r}).values()
+(rs, js, _), = engine.collect_statistics(source, settings, {outdir!r}).values()
 np.savez({out!r}, **rs._asdict(), **js._asdict())
 """
 

@@ -25,7 +25,7 @@ gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
 settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5,
                                   checkpoint_every=2)
 source = sources.GeneratedSamples(gen, gen.init(), seg, None, settings.layers, 1, settings.seed)
-(rs, js), = engine.collect_statistics(source, settings, workdir + "/dissect").values()
+(rs, js, _), = engine.collect_statistics(source, settings, workdir + "/dissect").values()
 alpha = search.search(gen, gen.init(), seg, None,
                       search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
                                                  learning_rate=0.05, search_samples=32, train_samples=16),

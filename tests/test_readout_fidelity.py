@@ -18,7 +18,7 @@ from jaxdissect import bins
 from jaxdissect.dissection import measures
 
 from cli_helpers import run_main as run_cli
-from original_sketch import original_levels
+from jaxdissect.dissection.original_sketch import original_levels
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "dissection")
 
@@ -117,6 +117,18 @@ def test_quantile_labels_match_the_original(one_category):
     assert abs(sum(u["interpretable"] for u in units) - int((exact.max(axis=1) > 0.05).sum())) <= 2
 
 
+def test_replayed_sketch_gives_the_original_runs_quantile_labels(tmp_path, samples):
+    """With --original_sketch_seed=0 (the q01 run's seed), the dissection replays the original's sketch:
+    the same labels, the same interpretable count and per-class counts as that run; a relabel keeps the
+    replayed levels."""
+    outdir = dissect(tmp_path, "replayed", samples, False, "--original_sketch_seed=0", "--rule=quantile")
+    theirs = original("q01_s0")
+    assert_like_original(read_units(outdir), theirs, 0.95)
+    assert sum(u["interpretable"] for u in read_units(outdir)) == sum(o["interp"] for o in theirs)
+    relabel(outdir, "--rule=iqr")
+    assert_like_original(relabel(outdir, "--rule=quantile"), theirs, 0.95)
+
+
 def bilinear_rows(n_in, n_out):
     """(n_out, n_in) weights of bilinear upsampling with half-pixel centres and border clamping."""
     source = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
@@ -155,7 +167,7 @@ def interpretable_by_iou(iou, iqr, min_iou=0.05, min_iqr=0.01):
 def test_quantile_count_sits_within_the_originals_own_spread(one_category, samples):
     """The original's interpretable count under the quantile rule is a draw of its randomised sketch.
 
-    A numpy model of the sketch (tests/original_sketch.py) under the original's torch seed gives its
+    A numpy model of the sketch (jaxdissect/dissection/original_sketch.py) under the original's torch seed gives its
     q01_s0 levels to float noise, and brute-force counting at those levels gives its count exactly;
     over sketch seeds 0..9 the original's count spans 7..22. Ours, at the exact top 1%, lies within."""
     theirs = original("q01_s0")

@@ -47,7 +47,7 @@ def insertion_values(dissection, layer, class_index, how="mean", quantile=0.99):
     """(U,) float32 value each unit of `layer` is set to when inserting class `class_index` (see module doc)."""
     if how not in INSERT_VALUES:
         raise UserError(f"--insert_value={how}: expected one of {', '.join(INSERT_VALUES)}")
-    _, joint_stats = read_statistics(dissection.outdir, layer)
+    joint_stats = read_statistics(dissection.outdir, layer).joint
     if int(joint_stats.class_pixels[class_index]) == 0:
         raise UserError(f"class {dissection.labels[class_index]!r} never appears in the samples of "
                         f"{dissection.outdir}; its units have no insertion value")

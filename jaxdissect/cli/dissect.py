@@ -54,6 +54,10 @@ flags.DEFINE_string("arrays", None, "dissect_arrays: an .npz file (or a folder o
                     "(N, h, w, U) named by layer, 'segmentation' (N, K, H, W) int, 'labels', optional "
                     "'categories' and 'images' (N, 3, H, W) in [-1, 1]; see README.")
 flags.DEFINE_integer("checkpoint_every", 20, "dissect: batches between checkpoints of the running statistics.")
+flags.DEFINE_integer("original_sketch_seed", None, "dissect: for --rule=quantile under --readout=reference, "
+                     "replay the original tool's randomised quantile sketch of the raw featuremaps as one of its "
+                     "runs after torch.manual_seed(SEED) has it (its levels, and so its interpretable count, move "
+                     "with the seed); unset: the exact quantile from the streamed histogram. See README.")
 
 
 def settings_from_flags():
@@ -64,7 +68,8 @@ def settings_from_flags():
               ("downsample", FLAGS.downsample >= 1),
               ("quantile", 0 < FLAGS.quantile < 1), ("iqr_levels", FLAGS.iqr_levels >= 2),
               ("iqr_smallest_fraction", 0 < FLAGS.iqr_smallest_fraction <= 1),
-              ("checkpoint_every", FLAGS.checkpoint_every >= 1)]
+              ("checkpoint_every", FLAGS.checkpoint_every >= 1),
+              ("original_sketch_seed", FLAGS.original_sketch_seed is None or 0 <= FLAGS.original_sketch_seed < 2 ** 32)]
     for name, ok in checks:
         if not ok:
             raise UserError(f"--{name}={FLAGS[name].value}: out of range")
@@ -74,7 +79,7 @@ def settings_from_flags():
         quantile=FLAGS.quantile, iqr_levels=FLAGS.iqr_levels,
         iqr_smallest_fraction=FLAGS.iqr_smallest_fraction, iqr_min_agreement=FLAGS.iqr_min_agreement,
         min_iou=FLAGS.min_iou, min_iqr=FLAGS.min_iqr, min_agreement=FLAGS.min_agreement,
-        checkpoint_every=FLAGS.checkpoint_every)
+        checkpoint_every=FLAGS.checkpoint_every, original_sketch_seed=FLAGS.original_sketch_seed)
 
 
 def load_generator_flag():

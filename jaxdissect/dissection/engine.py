@@ -15,21 +15,24 @@ and a segmenter, or arrays a user already has; the engine is the same.
 """
 import dataclasses
 import functools
+import glob
 import json
 import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdissect import bins, parallel, stats
-from jaxdissect.dissection import sources
+from jaxdissect.dissection import original_sketch, sources
 from jaxdissect.errors import UserError
 from jaxdissect.io import files
 from jaxdissect.progress import Progress
 from jaxdissect.training.loop import Checkpoints
 
 # Settings that change the statistics; the others only change how they are read.
-STATISTICS_SETTINGS = ("layers", "samples", "seed", "downsample", "bins", "top_k", "calibration_samples")
+STATISTICS_SETTINGS = ("layers", "samples", "seed", "downsample", "bins", "top_k", "calibration_samples",
+                       "original_sketch_seed")
 # Bumped when the statistics' content changes, so that a folder holding older statistics is refused.
 STATISTICS_VERSION = 3
 
@@ -54,6 +57,9 @@ class DissectSettings:
     min_iqr: float = 0.01
     min_agreement: float = 0.75
     checkpoint_every: int = 20
+    # Replays the original tool's randomised quantile sketch of the raw featuremaps under this torch seed
+    # (jaxdissect.dissection.original_sketch); None: the quantile rule reads the streamed histogram.
+    original_sketch_seed: int = None
 
     def statistics_key(self, model_ids):
         return {"settings": {k: (list(v) if isinstance(v, tuple) else v)
@@ -102,14 +108,88 @@ class _Run:
         elif jax.process_index() == 0:
             files.save_json(self.key_path, key)
         self.checkpoints = Checkpoints(outdir)
+        self.sketch_folder = os.path.join(outdir, "sketches")
+        self.sketches = None      # RawSketches, saved with every checkpoint when set
 
     def restore(self, template):
         return self.checkpoints.restore(template)
 
+    def restore_sketches(self, step, sketches):
+        """Keeps `sketches` (new) or, once checkpoint `step` exists, the sketches saved with it."""
+        if step > 0:
+            path = os.path.join(self.sketch_folder, f"{step}.npz")
+            if not os.path.isfile(path):
+                raise UserError(f"{path} is missing: the sketches of checkpoint {step} cannot be resumed; "
+                                "use a new --outdir")
+            with np.load(path) as arrays:
+                sketches = RawSketches.from_arrays(dict(arrays))
+        self.sketches = sketches
+
     def save(self, state):
+        """Checkpoints `state` (and the host-side sketches, written first, under the same step)."""
         state["saves"] = state["saves"] + 1
+        step = int(state["saves"])
+        sketches = self.sketches
+        if sketches is not None:
+            sketches.flush()            # on every process: a gather across hosts
+        if sketches is not None and jax.process_index() == 0:
+            os.makedirs(self.sketch_folder, exist_ok=True)
+            files.save_npz(os.path.join(self.sketch_folder, f"{step}.npz"), sketches.to_arrays())
         # Every leaf global and replicated, so that all processes write one checkpoint together.
-        self.checkpoints.save(int(state["saves"]), jax.device_put(state, parallel.replicated()))
+        self.checkpoints.save(step, jax.device_put(state, parallel.replicated()))
+        if sketches is not None and jax.process_index() == 0:
+            kept = {f"{s}.npz" for s in self.checkpoints.manager.all_steps()}
+            for path in glob.glob(os.path.join(self.sketch_folder, "*.npz")):
+                if os.path.basename(path) not in kept:
+                    os.remove(path)
+
+
+class RawSketches:
+    """The original's quantile sketch of each layer's raw featuremap (--original_sketch_seed), fed on
+    the host in sample order.
+
+    A batch is read back one batch late (`feed` takes the previous one), so
+    the copy to the host does not wait for the batch just dispatched.
+    """
+
+    def __init__(self, sketches):
+        self.sketches = sketches
+        self._pending = None
+
+    @classmethod
+    def new(cls, units, seed):
+        return cls({name: original_sketch.QuantileSketch(u, seed) for name, u in units.items()})
+
+    def feed(self, maps, index):
+        self.flush()
+        self._pending = ({name: maps[name] for name in self.sketches}, index)
+
+    def flush(self):
+        if self._pending is None:
+            return
+        maps, index = self._pending
+        valid = parallel.to_host(index) >= 0
+        for name, sketch in self.sketches.items():
+            values = parallel.to_host(maps[name])[valid]
+            sketch.add(values.reshape(-1, values.shape[-1]))
+        self._pending = None
+
+    def summaries(self):
+        self.flush()
+        return {name: sketch.summary() for name, sketch in self.sketches.items()}
+
+    def to_arrays(self):
+        """The sketches' states (the batch still pending must be flushed first)."""
+        assert self._pending is None
+        return {f"{name}/{key}": value for name, sketch in self.sketches.items()
+                for key, value in sketch.to_arrays().items()}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        layers = dict.fromkeys(key.rsplit("/", 1)[0] for key in arrays)
+        return cls({name: original_sketch.QuantileSketch.from_arrays(
+            {key.rsplit("/", 1)[1]: value for key, value in arrays.items() if key.rsplit("/", 1)[0] == name})
+            for name in layers})
 
 
 def collect_statistics(source, settings, outdir, model_ids=None):
@@ -140,14 +220,18 @@ def collect_statistics(source, settings, outdir, model_ids=None):
                        for name in layers}}
     run = _Run(outdir, settings.statistics_key(model_ids or {}))
     state = jax.device_put(run.restore(state), parallel.replicated())
+    if settings.original_sketch_seed is not None:
+        run.restore_sketches(int(state["saves"]), RawSketches.new(units, settings.original_sketch_seed))
     if int(state["phase"]) == 1:
         state = _range_pass(source, settings, state, run)
     if int(state["phase"]) == 2:
         state = _bin_placement_pass(source, settings, state, run, seg_shape[2:], joint_init)
     if int(state["phase"]) == 3:
         state = _main_pass(source, settings, state, run, jnp.asarray(label_category))
-    return {name: (jax.tree.map(parallel.to_host, state["range"][name]),
-                   jax.tree.map(parallel.to_host, state["joint"][name])) for name in layers}
+    raw_sketches = run.sketches.summaries() if run.sketches is not None else dict.fromkeys(layers)
+    return {name: stats.LayerStatistics(jax.tree.map(parallel.to_host, state["range"][name]),
+                                        jax.tree.map(parallel.to_host, state["joint"][name]), raw_sketches[name])
+            for name in layers}
 
 
 def _passes(settings, state, run, label, samples, step):
@@ -215,6 +299,8 @@ def _main_pass(source, settings, state, run, label_category):
     def step(state, start, index):
         seg, maps = source.labelled_featuremaps(start, index)
         state.update(_fold_batch(state, seg, maps, index, label_category))
+        if run.sketches is not None:
+            run.sketches.feed(maps, index)
         return state, _samples_done(index, (state["range"], state["joint"]))
     state = _passes(settings, state, run, "dissection (units x classes)", settings.samples, step)
     state.update(phase=jnp.int32(4))

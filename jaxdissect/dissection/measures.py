@@ -48,6 +48,14 @@ def nearest_tail_bin(marginal_tail, total, fraction):
     return np.where(np.abs(tail(lower) - fraction) < np.abs(tail(upper) - fraction), lower, upper)
 
 
+def nearest_edge(edges, levels):
+    """(U,) index j of the edge in `edges` (U, B + 1) nearest each unit's value in `levels` (U,)."""
+    upper = np.array([np.searchsorted(e, v) for e, v in zip(edges, levels)]).clip(0, edges.shape[1] - 1)
+    lower = np.maximum(upper - 1, 0)
+    gap = lambda j: np.abs(np.take_along_axis(edges, j[:, None], axis=1)[:, 0] - levels)
+    return np.where(gap(lower) <= gap(upper), lower, upper)
+
+
 def counts_at(stats, bins_index):
     """A (U, ...) and I (U, C, ...) at threshold bin indices `bins_index` (U, ...)."""
     marginal_tail = suffix_counts(stats.marginal)                                   # (U, B+1)

@@ -15,7 +15,10 @@ paper's figures on the same inputs:
   featuremap (cells before upsampling); the label is the class of highest
   IoU at it.
 - Levels are the histogram edges nearest the requested tail fractions (the
-  original estimates them with a randomised quantile sketch).
+  original estimates them with a randomised quantile sketch). For the
+  quantile rule, a dissection run with `--original_sketch_seed` replays that
+  sketch (jaxdissect.dissection.original_sketch) and its level's nearest
+  edge is the threshold, as one original run under that seed has it.
 - With several label categories, a class's "unit active" counts (and the
   pixel total of its 2x2 table) cover only the images that show the class's
   category (a part class is scored on images that show parts).
@@ -37,7 +40,7 @@ from `iou`).
 """
 import numpy as np
 
-from jaxdissect.dissection import measures
+from jaxdissect.dissection import measures, original_sketch
 
 READOUTS = ("reference", "paper")
 MEASURES = ("iou", "iqr", "agreement", "threshold", "intersection", "union", "label_score", "own_level_iou")
@@ -45,13 +48,15 @@ MEASURES = ("iou", "iqr", "agreement", "threshold", "intersection", "union", "la
 RARE_CLASS_FRACTION = 1e-3
 
 
-def read_units(stats, settings, label_category):
-    """(per-unit dict of (U,) arrays, {measure: (U, C) matrix}) under `settings.readout` and `.rule`."""
+def read_units(layer_stats, settings, label_category):
+    """(per-unit dict of (U,) arrays, {measure: (U, C) matrix}) of a layer's `stats.LayerStatistics` under
+    `settings.readout` and `.rule`."""
+    stats = layer_stats.joint
     if settings.readout == "paper":
         return _paper(stats, settings)
     if settings.rule == "iqr":
         return _reference_iqr(stats, settings, label_category)
-    return _reference_quantile(stats, settings, label_category)
+    return _reference_quantile(stats, layer_stats.raw_sketch, settings, label_category)
 
 
 def _paper(stats, settings):
@@ -115,11 +120,16 @@ def _trusted(truth, fractions):
     return (truth >= RARE_CLASS_FRACTION) & not_last[None, None, :]
 
 
-def _reference_quantile(stats, settings, label_category):
-    """The original's quantile rule: the top `quantile` of the raw featuremap, then the best IoU there."""
+def _reference_quantile(stats, raw_sketch, settings, label_category):
+    """The original's quantile rule: the top `quantile` of the raw featuremap (from the histogram, or
+    from the replayed original sketch `raw_sketch` when there is one), then the best IoU there."""
     tails = _tails(stats)
-    raw_tail = measures.suffix_counts(stats.raw_marginal)
-    unit_bin = measures.nearest_tail_bin(raw_tail, int(stats.raw_cells), 1.0 - settings.quantile)  # (U,)
+    if raw_sketch is None:
+        raw_tail = measures.suffix_counts(stats.raw_marginal)
+        unit_bin = measures.nearest_tail_bin(raw_tail, int(stats.raw_cells), 1.0 - settings.quantile)  # (U,)
+    else:
+        levels = original_sketch.quantile(*raw_sketch, settings.quantile)
+        unit_bin = measures.nearest_edge(measures.threshold_values(stats), levels)
     return _at_unit_threshold(stats, tails, unit_bin, None, None, label_category, settings)
 
 

@@ -27,12 +27,12 @@ READOUT_SETTINGS = ("readout", "rule", "quantile", "iqr_levels", "iqr_smallest_f
                     "min_iou", "min_iqr", "min_agreement")
 
 
-def all_matrices(joint_stats, settings, label_category):
+def all_matrices(layer_stats, settings, label_category):
     """{f"{readout}_{rule}_{measure}": (U, C) array} for both read-outs and both threshold rules."""
     matrices = {}
     for name in readout.READOUTS:
         for rule in RULES:
-            _, by_measure = readout.read_units(joint_stats, dataclasses.replace(settings, readout=name, rule=rule),
+            _, by_measure = readout.read_units(layer_stats, dataclasses.replace(settings, readout=name, rule=rule),
                                                label_category)
             matrices.update({f"{name}_{rule}_{m}": by_measure[m] for m in readout.MEASURES})
     return matrices
@@ -42,15 +42,17 @@ def write_statistics(outdir, collected, settings, label_categories):
     """Writes stats/LAYER.npz for every layer (raw statistics and every read-out's matrices)."""
     os.makedirs(os.path.join(outdir, "stats"), exist_ok=True)
     _, label_category = sources.category_numbers(label_categories)
-    for layer, (range_stats, joint_stats) in collected.items():
-        arrays = {**range_stats._asdict(), **{f"bin_{k}" if k in ("lo", "hi") else k: v
-                                              for k, v in joint_stats._asdict().items()}}
-        arrays.update(all_matrices(joint_stats, settings, label_category))
+    for layer, layer_stats in collected.items():
+        arrays = {**layer_stats.range._asdict(), **{f"bin_{k}" if k in ("lo", "hi") else k: v
+                                                    for k, v in layer_stats.joint._asdict().items()}}
+        if layer_stats.raw_sketch is not None:
+            arrays.update(raw_sketch_values=layer_stats.raw_sketch[0], raw_sketch_weights=layer_stats.raw_sketch[1])
+        arrays.update(all_matrices(layer_stats, settings, label_category))
         files.save_npz(os.path.join(outdir, "stats", f"{layer}.npz"), arrays, compressed=True)
 
 
 def read_statistics(outdir, layer):
-    """(RangeStats, JointStats) of a layer from stats/LAYER.npz."""
+    """The `stats.LayerStatistics` of a layer from stats/LAYER.npz."""
     path = os.path.join(outdir, "stats", f"{layer}.npz")
     if not os.path.isfile(path):
         raise UserError(f"{path}: no statistics for layer {layer!r}; run --mode=dissect first")
@@ -58,8 +60,11 @@ def read_statistics(outdir, layer):
         if "cell_bin" not in data:
             raise UserError(f"{path} was written by an older jaxdissect (equal-width bins); rerun --mode=dissect "
                             "in a new --outdir")
-        return (stats.RangeStats(*(data[f] for f in stats.RangeStats._fields)),
-                stats.JointStats(*(data[f"bin_{f}" if f in ("lo", "hi") else f] for f in stats.JointStats._fields)))
+        raw_sketch = (data["raw_sketch_values"], data["raw_sketch_weights"]) if "raw_sketch_values" in data else None
+        return stats.LayerStatistics(
+            stats.RangeStats(*(data[f] for f in stats.RangeStats._fields)),
+            stats.JointStats(*(data[f"bin_{f}" if f in ("lo", "hi") else f] for f in stats.JointStats._fields)),
+            raw_sketch)
 
 
 def summarize(collected, settings, label_names, categories):
@@ -67,8 +72,8 @@ def summarize(collected, settings, label_names, categories):
     layers = {}
     class_fraction = None
     _, label_category = sources.category_numbers(categories)
-    for layer, (range_stats, joint_stats) in collected.items():
-        best, _ = readout.read_units(joint_stats, settings, label_category)
+    for layer, (range_stats, joint_stats, _) in collected.items():
+        best, _ = readout.read_units(collected[layer], settings, label_category)
         units = []
         for u in range(len(best["label"])):
             label, runner_up = int(best["label"][u]), int(best["runner_up"][u])
