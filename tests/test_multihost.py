@@ -1,5 +1,5 @@
-"""Dissection and the alpha search in 2 jax.distributed processes (2 CPU devices each, gloo
-collectives on 127.0.0.1) give the results of a single process."""
+"""Dissection (with the replayed original sketch) and the alpha search in 2 jax.distributed processes
+(2 CPU devices each, gloo collectives on 127.0.0.1) give the results of a single process."""
 import json
 import os
 import socket
@@ -23,15 +23,16 @@ from jaxdissect.causal import search
 from jaxdissect.dissection import engine, sources
 gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
 settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5,
-                                  checkpoint_every=2)
+                                  checkpoint_every=2, original_sketch_seed=1)
 source = sources.GeneratedSamples(gen, gen.init(), seg, None, settings.layers, 1, settings.seed)
-(rs, js, _), = engine.collect_statistics(source, settings, workdir + "/dissect").values()
+(rs, js, (sketch_values, sketch_weights)), = engine.collect_statistics(source, settings, workdir + "/dissect").values()
 alpha = search.search(gen, gen.init(), seg, None,
                       search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
                                                  learning_rate=0.05, search_samples=32, train_samples=16),
                       np.full(planted.UNITS, 2.0), np.linspace(0.2, 0.7, planted.UNITS), workdir + "/ace")
 if process_id == 0:
-    np.savez(workdir + "/result.npz", alpha=alpha, **rs._asdict(), **js._asdict())
+    np.savez(workdir + "/result.npz", alpha=alpha, sketch_values=sketch_values, sketch_weights=sketch_weights,
+             **rs._asdict(), **js._asdict())
 """
 
 
