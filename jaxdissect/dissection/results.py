@@ -72,8 +72,9 @@ def summarize(collected, settings, label_names, categories):
     layers = {}
     class_fraction = None
     _, label_category = sources.category_numbers(categories)
-    for layer, (range_stats, joint_stats, _) in collected.items():
-        best, _ = readout.read_units(collected[layer], settings, label_category)
+    for layer, layer_stats in collected.items():
+        range_stats, joint_stats = layer_stats.range, layer_stats.joint
+        best, _ = readout.read_units(layer_stats, settings, label_category)
         units = []
         for u in range(len(best["label"])):
             label, runner_up = int(best["label"][u]), int(best["runner_up"][u])
