@@ -2,7 +2,8 @@
 
     python bench/toy_claims.py [--ace_region=location] [--insert_value=presence] [--ace_steps=500]
         [--ace_batch_size=20] [--ace_search_samples=10000] [--ace_train_samples=1000] [--door_ace_steps=N]
-        [--door_ace_batch_size=N] [--eval_samples=200] [--context_samples=8] [--root=runs/claims]
+        [--door_ace_batch_size=N] [--ablate_region=location] [--eval_samples=200] [--context_samples=8]
+        [--root=runs/claims]
         [--summary=FILE]
 
 Runs, through the command line a user would type:
@@ -12,7 +13,8 @@ Runs, through the command line a user would type:
    --door_ace_steps and --door_ace_batch_size give the door search its own
    length);
 3. ablation of the top-20 alpha-ranked tree units, the top-20 IoU-ranked
-   ones and 20 random units on held-out samples (`--mode=ablate`);
+   ones and 20 random units on held-out samples (`--mode=ablate`; by
+   default the original's evaluation, one present cell at a time);
 4. door units inserted at every position of held-out samples, the effect
    grouped by the class already there (`--mode=insert`);
 5. unless --no-trace, the tracing of that insertion through the later layers
@@ -107,7 +109,7 @@ def door_claims(insertion):
 
 def print_claims(claims, layer):
     print(f"\nThe paper's claims on the toy world ({layer}, --ace_region={claims['ace_region']}, "
-          f"--insert_value={claims['insert_value']}):")
+          f"--insert_value={claims['insert_value']}, --ablate_region={claims['ablate_region']}):")
     print(f"  ablating the top-20 alpha-ranked tree units removes {claims['tree_removed_by_alpha']:.1%} of tree "
           f"pixels (target >= 50%): {verdict(claims['alpha_pass'])}")
     print(f"  ablating 20 random units removes {claims['tree_removed_by_random']:.1%} on average over "
@@ -148,6 +150,7 @@ def main():
     parser.add_argument("--ace_search_samples", type=int, default=10000)
     parser.add_argument("--ace_train_samples", type=int, default=1000)
     parser.add_argument("--insert_value", default="presence", choices=["presence", "mean", "quantile"])
+    parser.add_argument("--ablate_region", default="location", choices=["location", "image"])
     parser.add_argument("--eval_samples", type=int, default=200)
     parser.add_argument("--random_draws", type=int, default=5)
     parser.add_argument("--context_samples", type=int, default=8)
@@ -168,11 +171,12 @@ def main():
            for name, (steps, batch) in length.items()}
     ace_json = {name: os.path.join(folder, "ace.json") for name, folder in ace.items()}
     ablate = run_step(root, flagfile, "ablate-tree", "--mode=ablate", *common, "--class_name=tree",
-                      f"--ace={ace_json['tree']}", "--ablate_counts=20", f"--eval_samples={args.eval_samples}",
+                      f"--ace={ace_json['tree']}", "--ablate_counts=20", f"--ablate_region={args.ablate_region}",
+                      f"--eval_samples={args.eval_samples}",
                       f"--random_draws={args.random_draws}")
     insert = run_step(root, flagfile, "insert-door", "--mode=insert", *common, "--class_name=door",
                       f"--ace={ace_json['door']}", f"--context_samples={args.context_samples}")
-    claims = {"ace_region": args.ace_region, "insert_value": args.insert_value,
+    claims = {"ace_region": args.ace_region, "insert_value": args.insert_value, "ablate_region": args.ablate_region,
               "ace_steps_and_batch": {name: list(v) for name, v in length.items()},
               "eval_samples": args.eval_samples, "context_samples": args.context_samples,
               "alpha_zero": {name: load(path)["alpha_zero"] for name, path in ace_json.items()},
@@ -186,7 +190,8 @@ def main():
                          f"--ace={ace_json['door']}", f"--context_samples={args.context_samples}")
         claims["folders"]["trace"] = trace
         print_trace(trace)
-    summary = args.summary or os.path.join(root, f"claims-{args.ace_region}-{args.insert_value}.json")
+    summary = args.summary or os.path.join(
+        root, f"claims-{args.ace_region}-{args.insert_value}-{args.ablate_region}.json")
     os.makedirs(os.path.dirname(os.path.abspath(summary)), exist_ok=True)
     with open(summary, "w") as f:
         json.dump(claims, f, indent=1)

@@ -53,19 +53,58 @@ def test_ablation_counts_equal_brute_force_and_the_planted_unit_removes_everythi
     assert expect[0] > 100 and expect[1] == 0 and expect[2] == expect[0]
 
 
-def test_ablation_curves_planted_vs_random_units(planted_world):
+@pytest.mark.parametrize("region", ["location", "image"])
+def test_ablation_curves_planted_vs_random_units(planted_world, region):
     gen, params, seg = planted_world
     ranking = [planted.PLANTED_UNIT] + [u for u in range(planted.UNITS) if u != planted.PLANTED_UNIT]
     counts, draws = [1, 2, 3], 6
     result = ablation.ablation_curves(gen, params, seg, None, "layer", planted.THING, {"planted": ranking},
-                                      counts, draws, seed=7, samples=12, batch_size=4)
+                                      counts, draws, seed=7, samples=12, batch_size=4, region=region)
     assert result["curves"]["planted"] == [1.0, 1.0, 1.0]
     # A random set removes every 'thing' pixel if it holds the planted unit and none otherwise.
     randoms = ablation.random_rankings(7, draws, planted.UNITS)
     expect = [[float(planted.PLANTED_UNIT in r[:n]) for n in counts] for r in randoms]
     np.testing.assert_allclose(result["random"]["draws"], expect, atol=1e-12)
     np.testing.assert_allclose(result["random"]["mean"], np.mean(expect, axis=0), atol=1e-12)
-    assert result["pixels_before"] > 0
+    assert result["pixels_before" if region == "image" else "shares_before"] > 0
+
+
+def brute_force_location_removal(gen, params, seed, samples, unit_set):
+    """The reference's ablation evaluation as a loop: each cell where 'thing' covers any pixel ablated on
+    its own (the units of `unit_set` zeroed there), its share of that cell read back; 1 - after / before."""
+    r = np.asarray(gen.h(params, parallel.latents(seed, 0, samples, planted.LATENT), ("layer",))["layer"])
+
+    def cell_shares(featuremaps):
+        thing = np.asarray(gen.f(params, jnp.asarray(featuremaps), "layer"))[..., 0] > 0       # (N, 32, 32)
+        return thing.reshape(len(thing), 8, 4, 8, 4).mean(axis=(2, 4))                       # 4x4 pixels a cell
+
+    shares = cell_shares(r)
+    before = after = 0.0
+    for i, row, col in zip(*np.nonzero(shares > 0)):
+        edited = r[i:i + 1].copy()
+        edited[0, row, col, unit_set] = 0.0
+        before += shares[i, row, col]
+        after += cell_shares(edited)[0, row, col]
+    return 1.0 - after / before
+
+
+def test_location_ablation_equals_a_loop_over_present_cells_off_the_grid():
+    """The default ('location') ablates one present cell at a time and reads that cell; off the grid the
+    planted unit leaves its neighbours' spill-over, so it removes less than all, and the image-wide
+    ablation (which removes all) is a different answer."""
+    gen, seg = planted.OffGridGenerator(), planted.PlantedSegmenter()
+    params = gen.init()
+    ranking = [planted.PLANTED_UNIT, 0, 1, 2, 4, planted.GLOBAL_UNIT]
+    seed, samples, counts = 9, 5, [1, 3]
+    result = ablation.ablation_curves(gen, params, seg, None, "layer", planted.THING, {"planted": ranking}, counts,
+                                      0, seed, samples, batch_size=4)
+    expect = [brute_force_location_removal(gen, params, seed, samples, ranking[:n]) for n in counts]
+    np.testing.assert_allclose(result["curves"]["planted"], expect, atol=1e-6)
+    assert result["region"] == "location" and result["present_cells"] > 20
+    assert 0.3 < expect[0] < 0.95
+    image = ablation.ablation_curves(gen, params, seg, None, "layer", planted.THING, {"planted": ranking}, counts,
+                                     0, seed, samples, batch_size=4, region="image")
+    assert image["curves"]["planted"][0] == 1.0
 
 
 # ---------------------------------------------------------------------------

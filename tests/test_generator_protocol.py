@@ -218,7 +218,7 @@ def test_dcgan_ablate_mode_counts_the_segmenters_pixels(dcgan_dissection):
     dissection_label = json.load(open(os.path.join(outdir, "dissect.json")))["layers"]["up16"]["unit"][0]["label"]
     result = run_main("--mode=ablate", f"--dissection={outdir}", f"--class_name={dissection_label}",
                       "--layer=up16", "--rankings=iou", "--ablate_counts=1,8", "--random_draws=1",
-                      "--eval_samples=8", "--batch_size=8", "--eval_seed=6")
+                      "--eval_samples=8", "--batch_size=8", "--eval_seed=6", "--ablate_region=image")
     assert result.returncode == 0, result.stderr
     with open(os.path.join(outdir, "ablate", dissection_label, "ablation.json")) as f:
         curves = json.load(f)

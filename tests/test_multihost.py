@@ -1,5 +1,6 @@
-"""Dissection (with the replayed original sketch) and the alpha search in 2 jax.distributed processes
-(2 CPU devices each, gloo collectives on 127.0.0.1) give the results of a single process."""
+"""Dissection (with the replayed original sketch), the alpha search, the insertion sweep and the
+ablation curves (one cell at a time) in 2 jax.distributed processes (2 CPU devices each, gloo
+collectives on 127.0.0.1) give the results of a single process."""
 import json
 import os
 import socket
@@ -19,7 +20,7 @@ if port != "single":
     jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process_id)
 sys.path.insert(0, {tests!r})
 import numpy as np, planted
-from jaxdissect.causal import search
+from jaxdissect.causal import ablation, context, search
 from jaxdissect.dissection import engine, sources
 gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
 settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5,
@@ -30,9 +31,15 @@ alpha = search.search(gen, gen.init(), seg, None,
                       search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
                                                  learning_rate=0.05, search_samples=32, train_samples=16),
                       np.full(planted.UNITS, 2.0), np.linspace(0.2, 0.7, planted.UNITS), workdir + "/ace")
+sweep = context.insertion_sweep(gen, gen.init(), seg, None, "layer", [planted.PLANTED_UNIT, 1],
+                                np.full(planted.UNITS, 2.0, np.float32), planted.THING, 4, 2, chunk=6)
+off_grid = planted.OffGridGenerator()
+curves = ablation.ablation_curves(off_grid, off_grid.init(), seg, None, "layer", planted.THING,
+                                  {{"p": [planted.PLANTED_UNIT, 0, 1, 2, 4, 5]}}, [1, 2], 2, 9, 6, batch_size=4)
 if process_id == 0:
     np.savez(workdir + "/result.npz", alpha=alpha, sketch_values=sketch_values, sketch_weights=sketch_weights,
-             **rs._asdict(), **js._asdict())
+             pixels_added=sweep["pixels_added"], score_change=sweep["score_change"],
+             removed=curves["curves"]["p"], removed_random=curves["random"]["draws"], **rs._asdict(), **js._asdict())
 """
 
 
@@ -61,7 +68,7 @@ def test_two_processes_equal_one(tmp_path):
     one = run_workers(tmp_path / "one", 1, 1)
     two = run_workers(tmp_path / "two", 2, 2)
     for key in one:
-        if key in ("act_sum", "alpha"):
+        if key in ("act_sum", "alpha", "score_change", "removed", "removed_random"):
             np.testing.assert_allclose(one[key], two[key], rtol=1e-5, atol=1e-6, err_msg=key)
         else:
             np.testing.assert_array_equal(one[key], two[key], err_msg=key)

@@ -68,21 +68,40 @@ def ace(study):
 def test_ace_ablate_insert_trace(study, ace):
     outdir, root, class_name = study
     assert ace["layer"] == LAYER and len(ace["alpha"]) == 20 and len(ace["causal_units"]) == 3
-    result = run_main("--mode=ablate", f"--dissection={outdir}", f"--class_name={class_name}",
-                      "--ablate_counts=1,20", "--random_draws=1", "--eval_samples=4", "--batch_size=4",
-                      f"--eval_seed={EVAL_SEED}")
-    assert result.returncode == 0, result.stderr
-    with open(os.path.join(outdir, "ablate", class_name, "ablation.json")) as f:
-        curves = json.load(f)
+    ablate = ["--mode=ablate", f"--dissection={outdir}", f"--class_name={class_name}", "--ablate_counts=1,20",
+              "--random_draws=1", "--eval_samples=4", "--batch_size=4", f"--eval_seed={EVAL_SEED}"]
+    curves = {}
+    for region in ("image", "location"):
+        result = run_main(*ablate, f"--ablate_region={region}")
+        assert result.returncode == 0, result.stderr
+        with open(os.path.join(outdir, "ablate", class_name, "ablation.json")) as f:
+            curves[region] = json.load(f)
     # n = 20 is every unit of the layer: the class pixels of f(0) with each sample's own latents.
     generator, params = load_generator(os.path.join(root, "gen"))
     segmenter, s_params = Segmenter.from_model_folder(os.path.join(root, "seg"))
     z = parallel.latents(EVAL_SEED, 0, 4, generator.latent_size)
     class_index = segmenter.labels.index(class_name)
-    count = jax.jit(lambda p, s, z, off: jnp.sum(segmenter.class_score(
-        s, generator(p, z, edits={LAYER: lambda r: r * (1 - off)})[0], class_index)[1]))
-    assert curves["pixels_before"] == int(count(params, s_params, z, 0.0))
-    assert curves["pixels_after"]["ace"][1] == curves["pixels_after"]["iou"][1] == int(count(params, s_params, z, 1.0))
+    off_where = lambda mask: {LAYER: lambda r: r * (1 - mask[..., None])}
+    class_mask = jax.jit(lambda p, s, z, mask: segmenter.class_score(s, generator(p, z, edits=off_where(mask))[0],
+                                                                     class_index)[1])
+    count = lambda off: int(jnp.sum(class_mask(params, s_params, z, jnp.full((4, 1, 1), off))))
+    image = curves["image"]
+    assert image["pixels_before"] == count(0.0)
+    assert image["pixels_after"]["ace"][1] == image["pixels_after"]["iou"][1] == count(1.0)
+    # One cell at a time: every cell the class touches zeroed on its own, its share read back.
+    height, width = generator.featuremap_shape(LAYER)[:2]
+    cell_shares = lambda mask: np.asarray(mask, np.float64).reshape(
+        len(mask), height, mask.shape[1] // height, width, mask.shape[2] // width).mean(axis=(2, 4)).reshape(len(mask), -1)
+    before = cell_shares(class_mask(params, s_params, z, jnp.zeros((4, 1, 1))))
+    after = 0.0
+    for i, cell in zip(*np.nonzero(before > 0)):
+        one_cell = jax.nn.one_hot(cell, height * width).reshape(1, height, width)
+        after += cell_shares(class_mask(params, s_params, z[i:i + 1], one_cell))[0, cell]
+    location = curves["location"]
+    assert location["present_cells"] == np.count_nonzero(before) > 0
+    np.testing.assert_allclose(location["shares_before"], before.sum(), rtol=1e-6)
+    np.testing.assert_allclose(location["shares_after"]["ace"][1], after, rtol=1e-6)
+    np.testing.assert_allclose(location["curves"]["iou"][1], 1 - after / before.sum(), atol=1e-6)
     common = [f"--dissection={outdir}", f"--class_name={class_name}", "--context_samples=1", "--position_chunk=128",
               "--top_n=2"]
     result = run_main("--mode=insert", *common)

@@ -1,12 +1,20 @@
 """Ablation curves: the share of a class's pixels removed by switching off the top-n units of a ranking.
 
-For a unit set U, on held-out samples, with U ablated at every position (as
-the reference did):
+For a unit set U, on held-out samples, in one of two ways (`region`):
 
-    removed(U) = 1 - (class pixels after) / (class pixels before)
+- 'location' (the reference's ablation evaluation): every featuremap cell
+  where the class covers any pixel is ablated on its own, U zeroed at that
+  cell only, and the class's share of that cell is read back;
 
-pooled over the samples (sums of counts, not a mean of per-image ratios).
-Curves compare the top-n units by alpha (the causal ranking), by IoU (the
+      removed(U) = 1 - sum over cells of (share after) / sum of (share before)
+
+- 'image': U is zeroed at every cell at once, and the class's pixels are
+  counted over the whole image;
+
+      removed(U) = 1 - (class pixels after) / (class pixels before)
+
+Both pool over the samples (sums, not a mean of per-image ratios). Curves
+compare the top-n units by alpha (the causal ranking), by IoU (the
 dissection's ranking) and random units, for several n. A unit set is an
 alpha indicator, so one compiled function serves every n and ranking.
 """
@@ -17,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import parallel
+from jaxdissect.causal.ace import cell_fraction
+from jaxdissect.causal.location import at_cells, cell_masks
 from jaxdissect.errors import UserError
 from jaxdissect.intervention import ablate
 from jaxdissect.progress import Progress
@@ -35,6 +45,29 @@ def class_pixels_fn(generator, segmenter, layer, downsample):
         images = generator.f(g_params, ablate(alpha)(r), layer, z)
         _, mask = segmenter.class_score(s_params, images, class_index, downsample)
         return jnp.sum(mask, axis=(1, 2), dtype=jnp.int32)
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def cell_shares_fn(generator, segmenter, layer, downsample):
+    """jit (g_params, s_params, seed, index, cells, alpha, class_index) -> (N,) the class's share of cell
+    `cells[i]` of sample `index[i]`'s image made with `alpha` ablated at that cell only."""
+    def fn(g_params, s_params, seed, index, cells, alpha, class_index):
+        z = parallel.latents_at(seed, index, generator.latent_size)
+        r = generator.h(g_params, z, (layer,))[layer]
+        images = generator.f(g_params, ablate(alpha, cell_masks(cells, r.shape[1:3]))(r), layer, z)
+        _, mask = segmenter.class_score(s_params, images, class_index, downsample)
+        return at_cells(cell_fraction(mask, r.shape[1:3]), cells)
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def all_cell_shares_fn(generator, segmenter, layer, downsample):
+    """jit (g_params, s_params, z, class_index) -> (N, H * W) the class's share of every featuremap cell."""
+    def fn(g_params, s_params, z, class_index):
+        r = generator.h(g_params, z, (layer,))[layer]
+        _, mask = segmenter.class_score(s_params, generator.f(g_params, r, layer, z), class_index, downsample)
+        return cell_fraction(mask, r.shape[1:3]).reshape(len(z), -1)
     return jax.jit(fn)
 
 
@@ -61,8 +94,7 @@ def random_rankings(seed, draws, n_units):
 def class_pixels(generator, g_params, segmenter, s_params, layer, unit_sets, class_index, seed, samples,
                  batch_size, downsample=1):
     """(S,) total class pixels over samples [0, samples) of `seed` with each of `unit_sets` (S, U) ablated."""
-    if batch_size % parallel.batch_multiple():
-        raise UserError(f"batch size {batch_size} must be a multiple of the {parallel.batch_multiple()} devices")
+    check_batch_size(batch_size)
     featuremap = _featuremap_fn(generator, layer)
     count = class_pixels_fn(generator, segmenter, layer, downsample)
     unit_sets = jnp.asarray(unit_sets, jnp.float32)
@@ -79,6 +111,55 @@ def class_pixels(generator, g_params, segmenter, s_params, layer, unit_sets, cla
     return totals
 
 
+def check_batch_size(batch_size):
+    if batch_size % parallel.batch_multiple():
+        raise UserError(f"batch size {batch_size} must be a multiple of the {parallel.batch_multiple()} devices")
+
+
+def present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed, samples, batch_size,
+                  downsample=1):
+    """(sample (M,), cell (M,), share (M,)): each featuremap cell of samples [0, samples) of `seed` where the
+    class covers any pixel, as a sample index, a flat cell index and the share of the cell it covers."""
+    check_batch_size(batch_size)
+    shares_fn = all_cell_shares_fn(generator, segmenter, layer, downsample)
+    shares = []
+    progress = Progress("cells the class covers", samples)
+    for start in range(0, samples, batch_size):
+        z = parallel.global_latents(seed, start, batch_size, generator.latent_size)
+        shares.append(parallel.to_host(shares_fn(g_params, s_params, z, class_index)))
+        progress.update(min(start + batch_size, samples))
+    shares = np.concatenate(shares)[:samples]
+    sample, cell = np.nonzero(shares > 0)
+    return sample, cell, shares[sample, cell]
+
+
+def padded(values, start, batch_size, pad):
+    """values[start:start + batch_size], filled up to batch_size with `pad`."""
+    chunk = values[start:start + batch_size]
+    return np.concatenate([chunk, np.full(batch_size - len(chunk), pad, chunk.dtype)])
+
+
+def cell_shares(generator, g_params, segmenter, s_params, layer, unit_sets, class_index, seed, sample, cell,
+                batch_size, downsample=1):
+    """(S,) the class's share of cell `cell[i]` of sample `sample[i]`, summed over i, with each of
+    `unit_sets` (S, U) ablated at that cell only (one image per cell and unit set)."""
+    check_batch_size(batch_size)
+    shares_fn = cell_shares_fn(generator, segmenter, layer, downsample)
+    unit_sets = jnp.asarray(unit_sets, jnp.float32)
+    totals = np.zeros(len(unit_sets), np.float64)
+    progress = Progress(f"ablation, one cell at a time ({len(unit_sets)} unit sets)", len(sample), unit="cells")
+    for start in range(0, len(sample), batch_size):
+        stop = min(start + batch_size, len(sample))
+        index_rows, cell_rows = padded(sample, start, batch_size, -1), padded(cell, start, batch_size, 0)
+        index = parallel.global_batch((batch_size,), np.int32, lambda a, b: index_rows[a:b])
+        cells = parallel.global_batch((batch_size,), np.int32, lambda a, b: cell_rows[a:b])
+        for i in range(len(unit_sets)):
+            shares = parallel.to_host(shares_fn(g_params, s_params, seed, index, cells, unit_sets[i], class_index))
+            totals[i] += np.sum(shares[:stop - start], dtype=np.float64)
+        progress.update(stop)
+    return totals
+
+
 def removed_fraction(before, after):
     """1 - after / before (0 when the class never appears)."""
     before = np.asarray(before, np.float64)
@@ -86,24 +167,41 @@ def removed_fraction(before, after):
 
 
 def ablation_curves(generator, g_params, segmenter, s_params, layer, class_index, rankings, counts,
-                    random_draws, seed, samples, batch_size, downsample=1):
-    """Removed fraction for the top n of each ranking and of `random_draws` random rankings.
+                    random_draws, seed, samples, batch_size, downsample=1, region="location"):
+    """Removed fraction for the top n of each ranking and of `random_draws` random rankings, ablated as
+    `region` says (see the module's docstring).
 
-    `rankings`: {name: units best first}. Returns {'counts', 'pixels_before',
-    'curves': {name: [fraction per n]}, 'random': {'draws', 'mean', 'std'}}.
+    `rankings`: {name: units best first}. Returns {'region', 'counts',
+    'curves': {name: [fraction per n]}, 'random': {'draws', 'mean', 'std'}},
+    and the totals the fractions come from: 'pixels_before' and
+    'pixels_after' {name: [per n]} (image), or 'present_cells',
+    'shares_before' and 'shares_after' (location).
     """
     n_units = layer_units(generator, g_params, layer)
     randoms = random_rankings(seed, random_draws, n_units)
     sets = [np.zeros((1, n_units), np.float32)]                                    # nothing ablated
     sets += [top_sets(r, counts, n_units) for r in list(rankings.values()) + randoms]
-    totals = class_pixels(generator, g_params, segmenter, s_params, layer, np.concatenate(sets), class_index,
-                          seed, samples, batch_size, downsample)
+    sets = np.concatenate(sets)
+    if region == "image":
+        totals = class_pixels(generator, g_params, segmenter, s_params, layer, sets, class_index, seed, samples,
+                              batch_size, downsample)
+        record = {"pixels_before": int(totals[0])}
+        unit = "pixels"
+    elif region == "location":
+        sample, cell, _ = present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed,
+                                        samples, batch_size, downsample)
+        totals = cell_shares(generator, g_params, segmenter, s_params, layer, sets, class_index, seed, sample,
+                             cell, batch_size, downsample)
+        record = {"present_cells": len(sample), "shares_before": float(totals[0])}
+        unit = "shares"
+    else:
+        raise ValueError(f"unknown ablation region {region!r}")
     before, after = totals[0], totals[1:].reshape(-1, len(counts))
     fractions = removed_fraction(before, after)
     named = {name: fractions[i].tolist() for i, name in enumerate(rankings)}
     draws = fractions[len(rankings):]
     random = {"draws": draws.tolist(), "mean": draws.mean(axis=0).tolist() if random_draws else [],
               "std": draws.std(axis=0).tolist() if random_draws else []}
-    return {"counts": list(counts), "pixels_before": int(before),
-            "pixels_after": {name: after[i].tolist() for i, name in enumerate(rankings)},
+    return {"region": region, "counts": list(counts), **record,
+            f"{unit}_after": {name: after[i].tolist() for i, name in enumerate(rankings)},
             "curves": named, "random": random}

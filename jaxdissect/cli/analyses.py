@@ -30,6 +30,10 @@ flags.DEFINE_list("ablate_counts", ["1", "2", "5", "10", "20", "40"], "ablate: s
                   "unit sets (sizes above the layer's unit count are skipped).")
 flags.DEFINE_list("rankings", ["ace", "iou"], "ablate: unit rankings to ablate from: 'ace' (alpha, from "
                   "ace.json) and/or 'iou' (the dissection).")
+flags.DEFINE_enum("ablate_region", "location", ["location", "image"], "ablate: 'location' (the original's "
+                  "evaluation): every featuremap cell the class touches is ablated on its own and the class's share "
+                  "of that cell read back; 'image': the units are zeroed at every cell at once and the class's "
+                  "pixels counted over the whole image.")
 flags.DEFINE_integer("random_draws", 5, "ablate: random rankings whose top-n sets form the baseline.")
 flags.DEFINE_integer("context_samples", 8, "insert/trace: samples in which the units are inserted at every position.")
 flags.DEFINE_integer("position_chunk", 64, "insert/trace: positions edited per batch (memory vs speed).")
@@ -96,7 +100,8 @@ def ablation_figure(result, class_name, layer):
         mean, std = np.asarray(random["mean"]), np.asarray(random["std"])
         series.append({"name": f"random ({len(random['draws'])} draws)", "x": counts, "y": mean,
                        "low": mean - std, "high": mean + std, "colour": "#999999"})
-    return charts.line_chart(series, title=f"'{class_name}' pixels removed by ablating n units of {layer}",
+    where = "one cell at a time" if result["region"] == "location" else "over the whole image"
+    return charts.line_chart(series, title=f"'{class_name}' pixels removed by ablating n units of {layer} ({where})",
                              x_label="units ablated (n)", y_label="share of class pixels removed", log_x=True)
 
 
@@ -130,7 +135,7 @@ def run_ablate():
         print(f"note: skipping --ablate_counts {skipped}: {study.layer} has {n_units} units")
     result = ablation.ablation_curves(study.generator, study.g_params, study.segmenter, study.s_params, study.layer,
                                       study.class_index, rankings, counts, FLAGS.random_draws, FLAGS.eval_seed,
-                                      FLAGS.eval_samples, FLAGS.batch_size, study.downsample)
+                                      FLAGS.eval_samples, FLAGS.batch_size, study.downsample, FLAGS.ablate_region)
     result = {"layer": study.layer, "class": study.class_name, "samples": FLAGS.eval_samples,
               "seed": FLAGS.eval_seed, "units": {name: r[:max(counts)] for name, r in rankings.items()}, **result}
     save_outputs(outdir, "ablation", result, ablation_figure(result, study.class_name, study.layer))
