@@ -118,8 +118,8 @@ def check_batch_size(batch_size):
 
 def present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed, samples, batch_size,
                   downsample=1):
-    """(sample (M,), cell (M,), share (M,)): each featuremap cell of samples [0, samples) of `seed` where the
-    class covers any pixel, as a sample index, a flat cell index and the share of the cell it covers."""
+    """(sample (M,), cell (M,)): each featuremap cell of samples [0, samples) of `seed` where the class
+    covers any pixel, as a sample index and a flat cell index."""
     check_batch_size(batch_size)
     shares_fn = all_cell_shares_fn(generator, segmenter, layer, downsample)
     shares = []
@@ -129,8 +129,7 @@ def present_cells(generator, g_params, segmenter, s_params, layer, class_index, 
         shares.append(parallel.to_host(shares_fn(g_params, s_params, z, class_index)))
         progress.update(min(start + batch_size, samples))
     shares = np.concatenate(shares)[:samples]
-    sample, cell = np.nonzero(shares > 0)
-    return sample, cell, shares[sample, cell]
+    return np.nonzero(shares > 0)
 
 
 def padded(values, start, batch_size, pad):
@@ -188,7 +187,7 @@ def ablation_curves(generator, g_params, segmenter, s_params, layer, class_index
         record = {"pixels_before": int(totals[0])}
         unit = "pixels"
     elif region == "location":
-        sample, cell, _ = present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed,
+        sample, cell = present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed,
                                         samples, batch_size, downsample)
         totals = cell_shares(generator, g_params, segmenter, s_params, layer, sets, class_index, seed, sample,
                              cell, batch_size, downsample)
