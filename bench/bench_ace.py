@@ -56,8 +56,10 @@ def synthetic_corpus(generator, layer, samples, seed=0):
     height, width, units = generator.featuremap_shape(layer)
     rng = np.random.default_rng(seed)
     cells = lambda: rng.integers(0, height * width, samples).astype(np.int32)
+    none = np.zeros(0, np.int32)
     return corpus_lib.Corpus(np.arange(samples, dtype=np.int32), cells(), np.arange(samples, 2 * samples,
-                             dtype=np.int32), cells(), np.ones(units, np.float32), np.ones(height * width))
+                             dtype=np.int32), cells(), np.ones(units, np.float32), np.ones(height * width),
+                             none, none, none, none)
 
 
 def search_step(generator, segmenter, layer, class_index, batch_size, downsample, region="location"):

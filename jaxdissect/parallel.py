@@ -98,6 +98,14 @@ def global_latents(seed, start, batch_size, latent_size):
                         lambda a, b: latents(seed, start + a, start + b, latent_size))
 
 
+def global_rows(values, start, batch_size, pad):
+    """The batch-sharded int32 global array of host `values[start:start + batch_size]`, filled up to
+    batch_size with `pad` (e.g. -1 for padding sample indices)."""
+    chunk = np.asarray(values[start:start + batch_size])
+    rows = np.concatenate([chunk, np.full(batch_size - len(chunk), pad, chunk.dtype)])
+    return global_batch((batch_size,), np.int32, lambda a, b: rows[a:b])
+
+
 def global_indices(start, batch_size, limit):
     """The batch-sharded global sample indices [start, start + batch_size), -1 from `limit` on."""
     def rows(a, b):

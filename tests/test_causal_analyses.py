@@ -337,6 +337,18 @@ def test_ace_json_contract(dissection, ace_run):
     assert [c["step"] for c in record["loss_curve"]] == [3] and "ace" in record["loss_curve"][0]
     assert record["settings"]["seed"] == 2 and record["settings"]["learning_rate"] == 0.01
     assert "<svg" in open(os.path.join(outdir, "ace", "tree", "ace.svg")).read()
+    # The held-out evaluation (numbers checked against numpy in test_intervention): 8 units, so top 10 and
+    # top 20 are all 8; the held-out samples are the next of each ranking, apart from the training ones.
+    evaluation = record["evaluation"]
+    with np.load(os.path.join(outdir, "ace", "tree", "corpus.npz")) as corpus:
+        assert evaluation["present_samples"] == len(corpus["eval_present_index"]) > 0
+        assert evaluation["candidate_samples"] == len(corpus["eval_candidate_index"])
+        assert not set(corpus["eval_present_index"]) & set(corpus["present_index"])
+    assert list(evaluation["unit_sets"]) == ["top_8", "top_8_weighted"]
+    for measures in evaluation["unit_sets"].values():
+        assert set(measures) == {"ablated_cell", "ablated_image", "inserted_cell"}
+        assert all(0 <= x <= 1 for v in measures.values() for x in v)
+    assert evaluation["unit_sets"]["top_8"]["ablated_cell"][0] > 0
     # A finished search resumes to the same answer; other settings in the same folder are refused.
     again = run_main("--mode=ace", f"--dissection={outdir}", "--class_name=tree", *SMALL_SEARCH, "--top_n=2")
     assert again.returncode == 0, again.stderr

@@ -11,6 +11,7 @@ import pytest
 
 from jaxdissect import parallel
 from jaxdissect.causal import ace, location, search
+from jaxdissect.causal import corpus as corpus_lib
 from jaxdissect.intervention import Intervention, ablate, identity, insert, unit_indicator
 from jaxdissect.models.proggan import ProGAN
 
@@ -234,14 +235,16 @@ def test_location_objective_equals_brute_force_off_the_grid(off_grid):
                                rtol=1e-5)
 
 
-def brute_force_top(scores, count):
-    """Indices of the `count` largest positive scores (ties: lower index first), ascending."""
+def brute_force_top(scores, count, skip=0):
+    """Indices of the positive scores ranked skip .. skip + count - 1 by size (ties: lower index first),
+    ascending."""
     ranked = sorted((i for i, s in enumerate(scores) if s > 0), key=lambda i: (-scores[i], i))
-    return sorted(ranked[:count])
+    return sorted(ranked[skip:skip + count])
 
 
 def brute_force_corpus(gen, params, value, settings):
-    """(present indices, cells, presence-weighted value, candidate indices, cells) in numpy loops."""
+    """(present indices, cells, presence-weighted value, candidate indices, cells, and the held-out
+    evaluation corpora: present indices, cells, candidate indices, cells) in numpy loops."""
     n = settings.search_samples
     r = featuremaps(gen, params, range(2 * n))
     shares = np.stack([cell_means(thing_pixels(gen, params, r[i])).ravel() for i in range(2 * n)])
@@ -263,22 +266,29 @@ def brute_force_corpus(gen, params, value, settings):
         best_gain.append(max(gains))
         best_cell.append(int(probes[i - n][int(np.argmax(gains))]))
     candidates = brute_force_top(best_gain, settings.train_samples)
+    eval_present = brute_force_top(shares[:n].max(axis=1), settings.eval_samples, settings.train_samples)
+    eval_candidates = brute_force_top(best_gain, settings.eval_samples, settings.train_samples)
     return (present, present_cells, presence_value, [n + i for i in candidates],
-            [best_cell[i] for i in candidates])
+            [best_cell[i] for i in candidates], eval_present, [int(np.argmax(shares[i])) for i in eval_present],
+            [n + i for i in eval_candidates], [best_cell[i] for i in eval_candidates])
 
 
 def test_corpora_equal_brute_force_off_the_grid(off_grid, tmp_path):
     gen, params, seg = off_grid
     settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, batch_size=8, seed=SEED,
-                                          search_samples=40, train_samples=30)
+                                          search_samples=40, train_samples=30, eval_samples=6)
     # GLOBAL_UNIT at 40 paints the whole image from any one cell, so every probe gains about alike and the
     # rule that skips cells already showing the class picks the candidate cell.
     value = np.full(planted.UNITS, 2.0, np.float32)
     value[planted.GLOBAL_UNIT] = 40.0
     got = search.training_corpus(gen, params, seg, None, settings, value, str(tmp_path))
-    present, present_cells, presence_value, candidates, candidate_cells = brute_force_corpus(gen, params, value,
-                                                                                           settings)
+    (present, present_cells, presence_value, candidates, candidate_cells, eval_present, eval_present_cells,
+     eval_candidates, eval_candidate_cells) = brute_force_corpus(gen, params, value, settings)
     assert got.present_index.tolist() == present and got.present_cell.tolist() == present_cells
+    assert got.eval_present_index.tolist() == eval_present and got.eval_present_cell.tolist() == eval_present_cells
+    assert got.eval_candidate_index.tolist() == eval_candidates
+    assert got.eval_candidate_cell.tolist() == eval_candidate_cells
+    assert len(eval_present) == 6 and not set(eval_present) & set(present)
     np.testing.assert_allclose(got.presence_value, presence_value, rtol=1e-5)
     assert got.candidate_index.tolist() == candidates and got.candidate_cell.tolist() == candidate_cells
     assert len(present) == 30 and len(set(present_cells)) > 1 and len(candidates) > 1
@@ -391,3 +401,44 @@ def test_intervention_is_a_pytree():
     edit = insert(unit_indicator([0], 3), jnp.ones(3), jnp.ones((2, 2)))
     leaves = jax.tree.leaves(edit)
     assert len(leaves) == 3 and isinstance(edit, Intervention)
+
+
+def test_held_out_evaluation_equals_brute_force_off_the_grid(off_grid):
+    """The reference's evaluation of an alpha: each unit set ablated at the held-out present samples' cells
+    (read there) and everywhere (the whole image), and inserted at the candidate cells, in hard pixels."""
+    gen, params, seg = off_grid
+    settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, batch_size=4, seed=SEED)
+    none = np.zeros(0, np.int32)
+    corpus = corpus_lib.Corpus(
+        present_index=none, present_cell=none, candidate_index=none, candidate_cell=none,
+        presence_value=np.zeros(planted.UNITS, np.float32), popularity=np.zeros(64),
+        eval_present_index=np.array([1, 4, 6, 9, 11], np.int32), eval_present_cell=np.array([27, 10, 35, 44, 63]),
+        eval_candidate_index=np.array([40, 43], np.int32), eval_candidate_cell=np.array([0, 18]))
+    alpha = np.array([0.2, 0.3, 0.0, 0.9, 0.5, 0.6], np.float32)
+    ranking = search.ranking(alpha, np.zeros(planted.UNITS))
+    value = np.linspace(1.0, 2.5, planted.UNITS).astype(np.float32)
+    got = location.evaluate(gen, params, seg, None, settings, alpha, ranking, value, corpus)
+    sets = location.evaluation_sets(alpha, ranking)
+    assert list(sets) == ["top_6", "top_6_weighted"] and got["present_samples"] == 5
+
+    def share(featuremap):
+        return cell_means(thing_pixels(gen, params, featuremap)).ravel()
+    for name, w in sets.items():
+        expect = {k: np.zeros(2) for k in ("ablated_cell", "ablated_image", "inserted_cell")}
+        for n, c in zip(corpus.eval_present_index, corpus.eval_present_cell):
+            r = featuremaps(gen, params, [n])[0]
+            at_cell, everywhere = r.copy(), r * (1 - w)
+            at_cell.reshape(64, -1)[c] *= 1 - w
+            expect["ablated_cell"] += [share(r)[c], share(at_cell)[c]]
+            expect["ablated_image"] += [share(r).mean(), share(everywhere).mean()]
+        for n, c in zip(corpus.eval_candidate_index, corpus.eval_candidate_cell):
+            r = featuremaps(gen, params, [n])[0]
+            inserted = r.copy()
+            inserted.reshape(64, -1)[c] = (1 - w) * r.reshape(64, -1)[c] + w * value
+            expect["inserted_cell"] += [share(r)[c], share(inserted)[c]]
+        for k, v in expect.items():
+            np.testing.assert_allclose(got["unit_sets"][name][k], v / (2 if k == "inserted_cell" else 5),
+                                       atol=1e-6, err_msg=(name, k))
+    # The planted unit draws the thing: switching the units off at a present cell removes some of it.
+    top = got["unit_sets"]["top_6"]
+    assert top["ablated_cell"][1] < top["ablated_cell"][0] and top["ablated_image"][1] == 0

@@ -1,5 +1,5 @@
-"""Dissection (with the replayed original sketch), the alpha search, the insertion sweep and the
-ablation curves (one cell at a time) in 2 jax.distributed processes (2 CPU devices each, gloo
+"""Dissection (with the replayed original sketch), the alpha search and its held-out evaluation, the
+insertion sweep and the ablation curves (one cell at a time) in 2 jax.distributed processes (2 CPU devices each, gloo
 collectives on 127.0.0.1) give the results of a single process."""
 import json
 import os
@@ -20,17 +20,21 @@ if port != "single":
     jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process_id)
 sys.path.insert(0, {tests!r})
 import numpy as np, planted
-from jaxdissect.causal import ablation, context, search
+from jaxdissect.causal import ablation, context, location, search
 from jaxdissect.dissection import engine, sources
 gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
 settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5,
                                   checkpoint_every=2, original_sketch_seed=1)
 source = sources.GeneratedSamples(gen, gen.init(), seg, None, settings.layers, 1, settings.seed)
 (rs, js, (sketch_values, sketch_weights)), = engine.collect_statistics(source, settings, workdir + "/dissect").values()
-alpha = search.search(gen, gen.init(), seg, None,
-                      search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
-                                                 learning_rate=0.05, search_samples=32, train_samples=16),
-                      np.full(planted.UNITS, 2.0), np.linspace(0.2, 0.7, planted.UNITS), workdir + "/ace")
+ace_settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,
+                                          learning_rate=0.05, search_samples=32, train_samples=16, eval_samples=8)
+alpha = search.search(gen, gen.init(), seg, None, ace_settings, np.full(planted.UNITS, 2.0),
+                      np.linspace(0.2, 0.7, planted.UNITS), workdir + "/ace")
+corpus = search.training_corpus(gen, gen.init(), seg, None, ace_settings, np.full(planted.UNITS, 2.0),
+                                workdir + "/ace")
+evaluation = location.evaluate(gen, gen.init(), seg, None, ace_settings, alpha, search.ranking(alpha, alpha),
+                               np.full(planted.UNITS, 2.0), corpus)["unit_sets"]
 sweep = context.insertion_sweep(gen, gen.init(), seg, None, "layer", [planted.PLANTED_UNIT, 1],
                                 np.full(planted.UNITS, 2.0, np.float32), planted.THING, 4, 2, chunk=6)
 off_grid = planted.OffGridGenerator()
@@ -39,7 +43,9 @@ curves = ablation.ablation_curves(off_grid, off_grid.init(), seg, None, "layer",
 if process_id == 0:
     np.savez(workdir + "/result.npz", alpha=alpha, sketch_values=sketch_values, sketch_weights=sketch_weights,
              pixels_added=sweep["pixels_added"], score_change=sweep["score_change"],
-             removed=curves["curves"]["p"], removed_random=curves["random"]["draws"], **rs._asdict(), **js._asdict())
+             removed=curves["curves"]["p"], removed_random=curves["random"]["draws"],
+             evaluation=[v for measures in evaluation.values() for v in measures.values()],
+             **rs._asdict(), **js._asdict())
 """
 
 
@@ -68,7 +74,7 @@ def test_two_processes_equal_one(tmp_path):
     one = run_workers(tmp_path / "one", 1, 1)
     two = run_workers(tmp_path / "two", 2, 2)
     for key in one:
-        if key in ("act_sum", "alpha", "score_change", "removed", "removed_random"):
+        if key in ("act_sum", "alpha", "score_change", "removed", "removed_random", "evaluation"):
             np.testing.assert_allclose(one[key], two[key], rtol=1e-5, atol=1e-6, err_msg=key)
         else:
             np.testing.assert_array_equal(one[key], two[key], err_msg=key)

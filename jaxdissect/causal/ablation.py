@@ -132,12 +132,6 @@ def present_cells(generator, g_params, segmenter, s_params, layer, class_index, 
     return np.nonzero(shares > 0)
 
 
-def padded(values, start, batch_size, pad):
-    """values[start:start + batch_size], filled up to batch_size with `pad`."""
-    chunk = values[start:start + batch_size]
-    return np.concatenate([chunk, np.full(batch_size - len(chunk), pad, chunk.dtype)])
-
-
 def cell_shares(generator, g_params, segmenter, s_params, layer, unit_sets, class_index, seed, sample, cell,
                 batch_size, downsample=1):
     """(S,) the class's share of cell `cell[i]` of sample `sample[i]`, summed over i, with each of
@@ -149,9 +143,8 @@ def cell_shares(generator, g_params, segmenter, s_params, layer, unit_sets, clas
     progress = Progress(f"ablation, one cell at a time ({len(unit_sets)} unit sets)", len(sample), unit="cells")
     for start in range(0, len(sample), batch_size):
         stop = min(start + batch_size, len(sample))
-        index_rows, cell_rows = padded(sample, start, batch_size, -1), padded(cell, start, batch_size, 0)
-        index = parallel.global_batch((batch_size,), np.int32, lambda a, b: index_rows[a:b])
-        cells = parallel.global_batch((batch_size,), np.int32, lambda a, b: cell_rows[a:b])
+        index = parallel.global_rows(sample, start, batch_size, -1)
+        cells = parallel.global_rows(cell, start, batch_size, 0)
         for i in range(len(unit_sets)):
             shares = parallel.to_host(shares_fn(g_params, s_params, seed, index, cells, unit_sets[i], class_index))
             totals[i] += np.sum(shares[:stop - start], dtype=np.float64)

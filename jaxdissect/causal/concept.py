@@ -10,6 +10,12 @@
     value        (U,) the value each unit of the layer is set to when inserted
     settings     everything that produced it (search, insertion value, models)
     loss_curve   [{step, loss, ace, insertion, ablation}] from the search's log
+    evaluation   the reference's held-out evaluation (--ace_region=location; else null): the
+                 sample counts and, for each unit set (top_N: the top N units switched fully;
+                 top_N_weighted: at their alpha), the class's mean share [before, after] at the
+                 cells ablated ('ablated_cell'), over whole images ablated everywhere
+                 ('ablated_image') and at the cells inserted into ('inserted_cell'); see
+                 jaxdissect.causal.location.evaluate
 
 Readers (the analyses here, GAN Paint) take `causal_units` and `value[u]`
 for each of them. The insertion value `k` of the design is one of:
@@ -72,14 +78,15 @@ def read_loss_curve(workdir):
     return [by_step[step] for step in sorted(by_step)]
 
 
-def ace_record(layer, class_name, class_index, alpha, ranking, top_n, value, settings, loss_curve):
+def ace_record(layer, class_name, class_index, alpha, ranking, top_n, value, settings, loss_curve,
+               evaluation=None):
     """The ace.json content (see module doc)."""
     ranking = [int(u) for u in ranking]
     return {"layer": layer, "class": class_name, "class_index": int(class_index),
             "alpha": [round(float(a), 6) for a in alpha], "alpha_zero": int(np.sum(np.asarray(alpha) == 0)),
             "ranking": ranking, "top_n": int(top_n),
             "causal_units": ranking[:top_n], "value": [float(v) for v in value],
-            "settings": settings, "loss_curve": loss_curve}
+            "settings": settings, "loss_curve": loss_curve, "evaluation": evaluation}
 
 
 def write_ace(outdir, record):

@@ -18,6 +18,10 @@ class. Over `search_samples` samples of the search's seed:
   sample's candidate cell is its best probe; the corpus is the
   `train_samples` samples of largest gain (only gains > 0), in index order.
 
+The next `eval_samples` of each ranking (ranks train_samples ..
+train_samples + eval_samples - 1) are the evaluation corpora, held out of
+training, as the reference keeps them (`evaluate`, below).
+
 Sample i's latent depends only on (seed, i) and probe draws only on
 (seed, i), so the corpora do not depend on the device or process count.
 They are saved in the search's folder (corpus.npz), so a resumed search
@@ -50,13 +54,17 @@ class Corpus:
     candidate_cell: np.ndarray     # (C,) flat cell where each is inserted into
     presence_value: np.ndarray     # (U,) the presence-weighted mean featuremap
     popularity: np.ndarray         # (H * W,) present samples per present cell
+    eval_present_index: np.ndarray     # the evaluation corpora: the next samples of each ranking
+    eval_present_cell: np.ndarray
+    eval_candidate_index: np.ndarray
+    eval_candidate_cell: np.ndarray
 
 
-def top_samples(index, score, cell, count):
-    """(indices, cells) of the `count` samples of largest `score` > 0 (equal scores: lower index first),
-    in index order; rows with index < 0 (padding) never count."""
+def top_samples(index, score, cell, count, skip=0):
+    """(indices, cells) of the samples ranked skip .. skip + count - 1 by largest `score` > 0 (equal
+    scores: lower index first), in index order; rows with index < 0 (padding) never count."""
     keep = np.flatnonzero((index >= 0) & (score > 0))
-    chosen = keep[np.lexsort((index[keep], -score[keep]))[:count]]
+    chosen = keep[np.lexsort((index[keep], -score[keep]))[skip:skip + count]]
     chosen = chosen[np.argsort(index[chosen])]
     return index[chosen].astype(np.int32), cell[chosen].astype(np.int32)
 
@@ -118,8 +126,8 @@ def _over_samples(label, fn, start, samples, batch_size):
 
 
 def present_corpus(generator, g_params, segmenter, s_params, settings, fm_cells):
-    """(present indices, cells, presence-weighted mean (U,), popularity (fm_cells,)) over samples
-    [0, settings.search_samples)."""
+    """(present indices, cells, presence-weighted mean (U,), popularity (fm_cells,), evaluation indices,
+    cells) over samples [0, settings.search_samples)."""
     fn = _presence_fn(generator, segmenter, settings.layer, settings.downsample)
     batches = _over_samples("alpha search: where the class is", lambda index: fn(
         g_params, s_params, settings.seed, index, settings.class_index), 0, settings.search_samples,
@@ -133,11 +141,13 @@ def present_corpus(generator, g_params, segmenter, s_params, settings, fm_cells)
                         "looks through; raise --ace_search_samples or pick another class")
     present_index, present_cell = top_samples(index, share, cell, settings.train_samples)
     popularity = np.bincount(present_cell, minlength=fm_cells)
-    return present_index, present_cell, (weighted_sum / share_sum).astype(np.float32), popularity
+    held_out = top_samples(index, share, cell, settings.eval_samples, skip=settings.train_samples)
+    return present_index, present_cell, (weighted_sum / share_sum).astype(np.float32), popularity, *held_out
 
 
 def candidate_corpus(generator, g_params, segmenter, s_params, settings, popularity, value):
-    """(candidate indices, cells) over samples [search_samples, 2 * search_samples)."""
+    """(candidate indices, cells, evaluation indices, cells) over samples [search_samples,
+    2 * search_samples)."""
     fn = _candidate_fn(generator, segmenter, settings.layer, settings.downsample, settings.probes)
     weights = jnp.asarray(probe_weights(popularity.astype(np.float32)))
     value = jnp.asarray(value, jnp.float32)
@@ -150,7 +160,8 @@ def candidate_corpus(generator, g_params, segmenter, s_params, settings, popular
     if not len(candidate_index):
         raise UserError(f"inserting every unit at one cell never adds the class in the {settings.search_samples} "
                         "samples the alpha search looks through; raise --ace_search_samples or --ace_probes")
-    return candidate_index, candidate_cell
+    held_out = top_samples(index, gain, cell, settings.eval_samples, skip=settings.train_samples)
+    return candidate_index, candidate_cell, *held_out
 
 
 def load_or_build(generator, g_params, segmenter, s_params, settings, value, workdir, fm_size, candidates=True):
@@ -162,14 +173,15 @@ def load_or_build(generator, g_params, segmenter, s_params, settings, value, wor
     if files.npz_holds(path, fields):
         with np.load(path) as saved:
             return Corpus(**{k: saved[k] for k in fields})
-    present_index, present_cell, presence_value, popularity = present_corpus(
+    present_index, present_cell, presence_value, popularity, eval_present_index, eval_present_cell = present_corpus(
         generator, g_params, segmenter, s_params, settings, fm_size[0] * fm_size[1])
-    candidate_index = candidate_cell = np.zeros(0, np.int32)
+    candidate_index = candidate_cell = eval_candidate_index = eval_candidate_cell = np.zeros(0, np.int32)
     if candidates:
-        candidate_index, candidate_cell = candidate_corpus(
+        candidate_index, candidate_cell, eval_candidate_index, eval_candidate_cell = candidate_corpus(
             generator, g_params, segmenter, s_params, settings, popularity,
             presence_value if value is None else value)
-    corpus = Corpus(present_index, present_cell, candidate_index, candidate_cell, presence_value, popularity)
+    corpus = Corpus(present_index, present_cell, candidate_index, candidate_cell, presence_value, popularity,
+                    eval_present_index, eval_present_cell, eval_candidate_index, eval_candidate_cell)
     if jax.process_index() == 0:
         files.save_npz(path, dataclasses.asdict(corpus))
     return corpus

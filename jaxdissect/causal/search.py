@@ -51,6 +51,7 @@ class AlphaSearchSettings:
     probes: int = 5
     search_samples: int = 10000
     train_samples: int = 1000
+    eval_samples: int = 200
     checkpoint_every: int = 50
     log_every: int = 10
 

@@ -48,6 +48,9 @@ flags.DEFINE_integer("ace_search_samples", 10000, "ace: samples looked through f
                      "the next as many for those where inserting the units adds the class most.")
 flags.DEFINE_integer("ace_train_samples", 1000, "ace, --ace_region=location: size of each training corpus (the "
                      "reference's 1,000).")
+flags.DEFINE_integer("ace_eval_samples", 200, "ace, --ace_region=location: held-out samples of each corpus (the "
+                     "next of each ranking, the reference's 200) on which the final alpha is evaluated, as the "
+                     "reference does, into ace.json's 'evaluation' (0: none).")
 flags.DEFINE_integer("ace_seed", 2, "ace: latent seed of the search's samples (keep it apart from the "
                      "dissection's --seed and the analyses' --eval_seed).")
 flags.DEFINE_enum("alpha_init", "iou", ["iou", "constant"],
@@ -202,7 +205,7 @@ def run_ace():
     import jax
 
     from jaxdissect import parallel
-    from jaxdissect.causal import concept, search
+    from jaxdissect.causal import concept, location, search
     from jaxdissect.io import files
     from jaxdissect.checkpoint import folder_id
     from jaxdissect.models.load import generator_id
@@ -211,7 +214,7 @@ def run_ace():
     check_flags(("ace_steps", FLAGS.ace_steps >= 1), ("ace_lr", FLAGS.ace_lr > 0), ("ace_l2", FLAGS.ace_l2 >= 0),
                 ("ace_batch_size", FLAGS.ace_batch_size >= 1 and FLAGS.ace_batch_size % parallel.batch_multiple() == 0),
                 ("ace_search_samples", FLAGS.ace_search_samples >= 1),
-                ("ace_train_samples", FLAGS.ace_train_samples >= 1),
+                ("ace_train_samples", FLAGS.ace_train_samples >= 1), ("ace_eval_samples", FLAGS.ace_eval_samples >= 0),
                 ("ace_probes", 1 <= FLAGS.ace_probes <= featuremap_cells(study)))
     n = top_n(units)
     outdir = output_dir("ace", study.class_name)
@@ -221,7 +224,7 @@ def run_ace():
         layer=study.layer, class_index=study.class_index, steps=FLAGS.ace_steps, batch_size=FLAGS.ace_batch_size,
         learning_rate=FLAGS.ace_lr, l2=FLAGS.ace_l2, seed=FLAGS.ace_seed, downsample=study.downsample,
         region=FLAGS.ace_region, probes=FLAGS.ace_probes, search_samples=FLAGS.ace_search_samples,
-        train_samples=FLAGS.ace_train_samples)
+        train_samples=FLAGS.ace_train_samples, eval_samples=FLAGS.ace_eval_samples)
     recorded = {**dataclasses.asdict(settings), "alpha_init": FLAGS.alpha_init, "insert_value": FLAGS.insert_value,
                 "insert_quantile": FLAGS.insert_quantile, "dissection": os.path.abspath(dissection_dir()),
                 "generator": FLAGS.generator, "segmenter": FLAGS.segmenter, "segdiv": FLAGS.segdiv}
@@ -235,8 +238,13 @@ def run_ace():
               f"insert into (of {settings.search_samples} each)")
     alpha = search.search(study.generator, study.g_params, study.segmenter, study.s_params, settings, value, alpha0,
                           outdir, corpus)
-    record = concept.ace_record(study.layer, study.class_name, study.class_index, alpha, search.ranking(alpha, iou),
-                                n, value, recorded, concept.read_loss_curve(outdir))
+    order = search.ranking(alpha, iou)
+    evaluation = None
+    if settings.region == "location" and settings.eval_samples:
+        evaluation = location.evaluate(study.generator, study.g_params, study.segmenter, study.s_params, settings,
+                                       alpha, order, value, corpus)
+    record = concept.ace_record(study.layer, study.class_name, study.class_index, alpha, order, n, value, recorded,
+                                concept.read_loss_curve(outdir), evaluation)
     if jax.process_index() == 0:
         concept.write_ace(outdir, record)
         files.save_text(os.path.join(outdir, "ace.svg"), str(ace_figure(record)))
@@ -246,4 +254,16 @@ def run_ace():
           f"{record['causal_units']} (alpha {alpha[record['causal_units'][0]]:.3f} .. "
           f"{alpha[record['causal_units'][-1]]:.3f}); {record['alpha_zero']} of {units} alpha are 0; "
           f"last ACE {last.get('ace', float('nan')):.4f}")
+    if evaluation:
+        print(evaluation_summary(evaluation))
     print(f"wrote {os.path.join(outdir, 'ace.json')}")
+
+
+def evaluation_summary(evaluation):
+    """ace.json's held-out evaluation in lines of text."""
+    lines = [f"held-out evaluation ({evaluation['present_samples']} samples to ablate, "
+             f"{evaluation['candidate_samples']} to insert into): the class's mean share, before -> after"]
+    for name, measures in evaluation["unit_sets"].items():
+        lines.append(f"  {name:>16}: " + "; ".join(f"{k.replace('_', ' ')} {v[0]:.3f} -> {v[1]:.3f}"
+                                                   for k, v in measures.items()))
+    return "\n".join(lines)
