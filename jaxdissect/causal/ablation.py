@@ -25,8 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import parallel
-from jaxdissect.causal.ace import cell_fraction
-from jaxdissect.causal.location import at_cells, cell_masks
+from jaxdissect.causal.location import at_cells, cell_masks, hard_cell_shares
 from jaxdissect.errors import UserError
 from jaxdissect.intervention import ablate
 from jaxdissect.progress import Progress
@@ -55,9 +54,9 @@ def cell_shares_fn(generator, segmenter, layer, downsample):
     def fn(g_params, s_params, seed, index, cells, alpha, class_index):
         z = parallel.latents_at(seed, index, generator.latent_size)
         r = generator.h(g_params, z, (layer,))[layer]
-        images = generator.f(g_params, ablate(alpha, cell_masks(cells, r.shape[1:3]))(r), layer, z)
-        _, mask = segmenter.class_score(s_params, images, class_index, downsample)
-        return at_cells(cell_fraction(mask, r.shape[1:3]), cells)
+        edit = ablate(alpha, cell_masks(cells, r.shape[1:3]))
+        return at_cells(hard_cell_shares(generator, g_params, segmenter, s_params, layer, class_index, downsample,
+                                         r, z, edit), cells)
     return jax.jit(fn)
 
 
@@ -66,8 +65,7 @@ def all_cell_shares_fn(generator, segmenter, layer, downsample):
     """jit (g_params, s_params, z, class_index) -> (N, H * W) the class's share of every featuremap cell."""
     def fn(g_params, s_params, z, class_index):
         r = generator.h(g_params, z, (layer,))[layer]
-        _, mask = segmenter.class_score(s_params, generator.f(g_params, r, layer, z), class_index, downsample)
-        return cell_fraction(mask, r.shape[1:3]).reshape(len(z), -1)
+        return hard_cell_shares(generator, g_params, segmenter, s_params, layer, class_index, downsample, r, z)
     return jax.jit(fn)
 
 

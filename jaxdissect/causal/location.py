@@ -85,7 +85,7 @@ def location_effect(generator, g_params, segmenter, s_params, layer, alpha, valu
             "ablation": jnp.mean(ablation)}
 
 
-def _hard_shares(generator, g_params, segmenter, s_params, layer, class_index, downsample, r, z, edit=None):
+def hard_cell_shares(generator, g_params, segmenter, s_params, layer, class_index, downsample, r, z, edit=None):
     """(N, H * W) the class's share of every featuremap cell in the segmentation (hard pixels) of the
     images made from `r` (edited by `edit` if given)."""
     images = generator.f(g_params, r if edit is None else edit(r), layer, z)
@@ -102,7 +102,7 @@ def _evaluation_fn(generator, segmenter, layer, downsample, kind):
     def fn(g_params, s_params, seed, class_index, weights, value, index, cells):
         z = parallel.latents_at(seed, index, generator.latent_size)
         r = generator.h(g_params, z, (layer,))[layer]
-        shares = functools.partial(_hard_shares, generator, g_params, segmenter, s_params, layer, class_index,
+        shares = functools.partial(hard_cell_shares, generator, g_params, segmenter, s_params, layer, class_index,
                                    downsample, r, z)
         valid = (index >= 0).astype(jnp.float32)
         total = lambda x: jnp.sum(x * valid)
