@@ -31,7 +31,8 @@ measured figure and PASS/FAIL, and writes them to --summary (JSON):
 - door pixels added per insertion on buildings >= 3x those in the sky, with
   the sky figure measured on at least MIN_SKY_POSITIONS positions (every
   context class is printed with its figure and position count);
-- the tracing plot's path and its per-layer figures.
+- the tracing plot's path and its per-layer figures;
+- each search's held-out evaluation (ace.json's 'evaluation'), printed.
 """
 import argparse
 import hashlib
@@ -40,6 +41,8 @@ import os
 import subprocess
 import sys
 import time
+
+from jaxdissect.causal.concept import evaluation_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIN_SKY_POSITIONS = 100
@@ -117,6 +120,10 @@ def print_claims(claims, layer):
     if claims["tree_removed_by_iou"] is not None:
         print(f"  (top-20 IoU-ranked units remove {claims['tree_removed_by_iou']:.1%})")
     print(f"  alpha exactly 0: {claims['alpha_zero']['tree']} tree and {claims['alpha_zero']['door']} door units")
+    for name, evaluation in claims["ace_evaluation"].items():
+        if evaluation:
+            print(f"  {name}: the original's evaluation of the search on its held-out samples")
+            print("    " + evaluation_summary(evaluation).replace("\n", "\n    "))
     print("  door pixels added by one insertion, by the class at the position:")
     for g in claims["door_by_context"]:
         print(f"    {g['class']:>10}: {g['mean_pixels_added']:7.3f} ({g['positions']} positions)")
@@ -180,6 +187,7 @@ def main():
               "ace_steps_and_batch": {name: list(v) for name, v in length.items()},
               "eval_samples": args.eval_samples, "context_samples": args.context_samples,
               "alpha_zero": {name: load(path)["alpha_zero"] for name, path in ace_json.items()},
+              "ace_evaluation": {name: load(path).get("evaluation") for name, path in ace_json.items()},
               "folders": {"dissection": dissection, **{f"ace_{k}": v for k, v in ace.items()},
                           "ablate": ablate, "insert": insert},
               **ablation_claims(load(os.path.join(ablate, "ablation.json"))),

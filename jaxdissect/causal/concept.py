@@ -89,6 +89,16 @@ def ace_record(layer, class_name, class_index, alpha, ranking, top_n, value, set
             "settings": settings, "loss_curve": loss_curve, "evaluation": evaluation}
 
 
+def evaluation_summary(evaluation):
+    """ace.json's held-out evaluation as lines of text."""
+    lines = [f"held-out evaluation ({evaluation['present_samples']} samples to ablate, "
+             f"{evaluation['candidate_samples']} to insert into): the class's mean share, before -> after"]
+    for name, measures in evaluation["unit_sets"].items():
+        lines.append(f"  {name:>16}: " + "; ".join(f"{k.replace('_', ' ')} {v[0]:.3f} -> {v[1]:.3f}"
+                                                   for k, v in measures.items()))
+    return "\n".join(lines)
+
+
 def write_ace(outdir, record):
     files.save_json(os.path.join(outdir, "ace.json"), record)
     with files.atomic_open(os.path.join(outdir, "alpha.npy"), "wb") as f:

@@ -255,15 +255,6 @@ def run_ace():
           f"{alpha[record['causal_units'][-1]]:.3f}); {record['alpha_zero']} of {units} alpha are 0; "
           f"last ACE {last.get('ace', float('nan')):.4f}")
     if evaluation:
-        print(evaluation_summary(evaluation))
+        print(concept.evaluation_summary(evaluation))
     print(f"wrote {os.path.join(outdir, 'ace.json')}")
 
-
-def evaluation_summary(evaluation):
-    """ace.json's held-out evaluation in lines of text."""
-    lines = [f"held-out evaluation ({evaluation['present_samples']} samples to ablate, "
-             f"{evaluation['candidate_samples']} to insert into): the class's mean share, before -> after"]
-    for name, measures in evaluation["unit_sets"].items():
-        lines.append(f"  {name:>16}: " + "; ".join(f"{k.replace('_', ' ')} {v[0]:.3f} -> {v[1]:.3f}"
-                                                   for k, v in measures.items()))
-    return "\n".join(lines)
