@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdissect.errors import UserError
+
 BATCH = "batch"
 
 
@@ -38,6 +40,12 @@ def replicated():
 def batch_multiple():
     """Global batch sizes must be a multiple of this (the device count)."""
     return batch_mesh().size
+
+
+def check_batch_size(batch_size):
+    """UserError unless `batch_size` is a multiple of the device count."""
+    if batch_size % batch_multiple():
+        raise UserError(f"batch size {batch_size} must be a multiple of the {batch_multiple()} devices")
 
 
 def one_program_at_a_time(result):

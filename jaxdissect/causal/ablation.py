@@ -26,7 +26,6 @@ import numpy as np
 
 from jaxdissect import parallel
 from jaxdissect.causal.location import at_cells, cell_masks, hard_cell_shares
-from jaxdissect.errors import UserError
 from jaxdissect.intervention import ablate
 from jaxdissect.progress import Progress
 
@@ -49,11 +48,9 @@ def class_pixels_fn(generator, segmenter, layer, downsample):
 
 @functools.lru_cache(maxsize=None)
 def cell_shares_fn(generator, segmenter, layer, downsample):
-    """jit (g_params, s_params, seed, index, cells, alpha, class_index) -> (N,) the class's share of cell
-    `cells[i]` of sample `index[i]`'s image made with `alpha` ablated at that cell only."""
-    def fn(g_params, s_params, seed, index, cells, alpha, class_index):
-        z = parallel.latents_at(seed, index, generator.latent_size)
-        r = generator.h(g_params, z, (layer,))[layer]
+    """jit (g_params, s_params, r, z, cells, alpha, class_index) -> (N,) the class's share of cell `cells[i]`
+    of the image made with `alpha` ablated at that cell only (`r` is the layer's featuremap of latents `z`)."""
+    def fn(g_params, s_params, r, z, cells, alpha, class_index):
         edit = ablate(alpha, cell_masks(cells, r.shape[1:3]))
         return at_cells(hard_cell_shares(generator, g_params, segmenter, s_params, layer, class_index, downsample,
                                          r, z, edit), cells)
@@ -92,7 +89,7 @@ def random_rankings(seed, draws, n_units):
 def class_pixels(generator, g_params, segmenter, s_params, layer, unit_sets, class_index, seed, samples,
                  batch_size, downsample=1):
     """(S,) total class pixels over samples [0, samples) of `seed` with each of `unit_sets` (S, U) ablated."""
-    check_batch_size(batch_size)
+    parallel.check_batch_size(batch_size)
     featuremap = _featuremap_fn(generator, layer)
     count = class_pixels_fn(generator, segmenter, layer, downsample)
     unit_sets = jnp.asarray(unit_sets, jnp.float32)
@@ -109,16 +106,11 @@ def class_pixels(generator, g_params, segmenter, s_params, layer, unit_sets, cla
     return totals
 
 
-def check_batch_size(batch_size):
-    if batch_size % parallel.batch_multiple():
-        raise UserError(f"batch size {batch_size} must be a multiple of the {parallel.batch_multiple()} devices")
-
-
 def present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed, samples, batch_size,
                   downsample=1):
-    """(sample (M,), cell (M,)): each featuremap cell of samples [0, samples) of `seed` where the class
-    covers any pixel, as a sample index and a flat cell index."""
-    check_batch_size(batch_size)
+    """(sample (M,), cell (M,), share (M,)): each featuremap cell of samples [0, samples) of `seed` where
+    the class covers any pixel, as a sample index, a flat cell index and the class's share of the cell."""
+    parallel.check_batch_size(batch_size)
     shares_fn = all_cell_shares_fn(generator, segmenter, layer, downsample)
     shares = []
     progress = Progress("cells the class covers", samples)
@@ -127,24 +119,27 @@ def present_cells(generator, g_params, segmenter, s_params, layer, class_index, 
         shares.append(parallel.to_host(shares_fn(g_params, s_params, z, class_index)))
         progress.update(min(start + batch_size, samples))
     shares = np.concatenate(shares)[:samples]
-    return np.nonzero(shares > 0)
+    sample, cell = np.nonzero(shares > 0)
+    return sample, cell, shares[sample, cell]
 
 
 def cell_shares(generator, g_params, segmenter, s_params, layer, unit_sets, class_index, seed, sample, cell,
                 batch_size, downsample=1):
     """(S,) the class's share of cell `cell[i]` of sample `sample[i]`, summed over i, with each of
     `unit_sets` (S, U) ablated at that cell only (one image per cell and unit set)."""
-    check_batch_size(batch_size)
+    parallel.check_batch_size(batch_size)
+    featuremap = _featuremap_fn(generator, layer)
     shares_fn = cell_shares_fn(generator, segmenter, layer, downsample)
     unit_sets = jnp.asarray(unit_sets, jnp.float32)
     totals = np.zeros(len(unit_sets), np.float64)
     progress = Progress(f"ablation, one cell at a time ({len(unit_sets)} unit sets)", len(sample), unit="cells")
     for start in range(0, len(sample), batch_size):
         stop = min(start + batch_size, len(sample))
-        index = parallel.global_rows(sample, start, batch_size, -1)
+        z = parallel.latents_at(seed, parallel.global_rows(sample, start, batch_size, -1), generator.latent_size)
+        r = featuremap(g_params, z)
         cells = parallel.global_rows(cell, start, batch_size, 0)
         for i in range(len(unit_sets)):
-            shares = parallel.to_host(shares_fn(g_params, s_params, seed, index, cells, unit_sets[i], class_index))
+            shares = parallel.to_host(shares_fn(g_params, s_params, r, z, cells, unit_sets[i], class_index))
             totals[i] += np.sum(shares[:stop - start], dtype=np.float64)
         progress.update(stop)
     return totals
@@ -177,11 +172,12 @@ def ablation_curves(generator, g_params, segmenter, s_params, layer, class_index
                               batch_size, downsample)
         record = {"pixels_before": int(totals[0])}
         unit = "pixels"
-    elif region == "location":
-        sample, cell = present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed,
-                                        samples, batch_size, downsample)
-        totals = cell_shares(generator, g_params, segmenter, s_params, layer, sets, class_index, seed, sample,
-                             cell, batch_size, downsample)
+    elif region == "location":     # before: the unedited shares present_cells reads
+        sample, cell, share = present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed,
+                                            samples, batch_size, downsample)
+        totals = np.concatenate([[np.sum(share, dtype=np.float64)], cell_shares(
+            generator, g_params, segmenter, s_params, layer, sets[1:], class_index, seed, sample, cell, batch_size,
+            downsample)])
         record = {"present_cells": len(sample), "shares_before": float(totals[0])}
         unit = "shares"
     else:

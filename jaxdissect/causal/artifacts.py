@@ -84,8 +84,7 @@ def _scores_fn(generator, segmenter, discriminator, layer):
 
 def _batches(generator, seed, samples, batch_size):
     """(z, number of real rows) for batches of samples [0, samples) of `seed` (the last one padded)."""
-    if batch_size % parallel.batch_multiple():
-        raise UserError(f"batch size {batch_size} must be a multiple of the {parallel.batch_multiple()} devices")
+    parallel.check_batch_size(batch_size)
     for start in range(0, samples, batch_size):
         z = parallel.global_latents(seed, start, batch_size, generator.latent_size)
         yield z, min(batch_size, samples - start)

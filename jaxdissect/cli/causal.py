@@ -257,4 +257,3 @@ def run_ace():
     if evaluation:
         print(concept.evaluation_summary(evaluation))
     print(f"wrote {os.path.join(outdir, 'ace.json')}")
-

@@ -54,6 +54,14 @@ class TorchBits:
         return int(self._bits[self._next - 1])
 
 
+def _with_extremes(extremes, values):
+    """(U, 2) each unit's [min, max] of `extremes` and of `values` (U, n)."""
+    if not values.shape[1]:
+        return extremes
+    return np.stack([np.minimum(extremes[:, 0], values.min(axis=1)),
+                     np.maximum(extremes[:, 1], values.max(axis=1))], axis=1)
+
+
 class QuantileSketch:
     """Buffers of sorted-and-halved values per level; a value at level i stands for 2**i inputs."""
 
@@ -78,11 +86,7 @@ class QuantileSketch:
     def summary(self):
         """(values (U, M) float32, weights (M,) float64): every value the sketch keeps, with the number of
         inputs it stands for, plus each unit's min and max at weight 0 (see `quantile`)."""
-        level0 = self.buffers[0][:, :self.filled[0]]
-        extremes = self.extremes.copy()
-        if level0.shape[1]:
-            extremes[:, 0] = np.minimum(extremes[:, 0], level0.min(axis=1))
-            extremes[:, 1] = np.maximum(extremes[:, 1], level0.max(axis=1))
+        extremes = _with_extremes(self.extremes, self.buffers[0][:, :self.filled[0]])
         values = np.concatenate([extremes.astype(np.float32)] + [b[:, :f] for b, f in zip(self.buffers, self.filled)],
                                 axis=1)
         weights = np.concatenate([np.zeros(2)] + [np.full(f, 2.0 ** i) for i, f in enumerate(self.filled)])
@@ -105,15 +109,10 @@ class QuantileSketch:
         sketch.extremes = np.array(arrays["extremes"], np.float64)
         return sketch
 
-    def _see_extremes(self, values):
-        if values.shape[1]:
-            self.extremes[:, 0] = np.minimum(self.extremes[:, 0], values.min(axis=1))
-            self.extremes[:, 1] = np.maximum(self.extremes[:, 1], values.max(axis=1))
-
     def _halve(self, level):
         """Level `level`'s values sorted, every other one kept from a random offset."""
         values = np.sort(self.buffers[level][:, :self.filled[level]], axis=1)
-        self._see_extremes(values)
+        self.extremes = _with_extremes(self.extremes, values)
         return values[:, self.random_bit()::2]
 
     def _room_needed(self, level):
