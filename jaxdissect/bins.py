@@ -41,17 +41,18 @@ def equal_cell_bins(units, bins, cells=None):
 
 
 def cell_index(acts, lo, hi, cells):
-    """Cell of each activation among `cells` equal cells over [lo, hi] (per unit, last axis); values
-    outside fall in the end cells."""
+    """Cell of each activation among `cells` equal cells over [lo, hi]; `acts` is unit-major (U, ...),
+    lo and hi (U,). Values outside fall in the end cells."""
+    lo, hi = (jnp.reshape(v, v.shape + (1,) * (acts.ndim - 1)) for v in (lo, hi))
     width = jnp.where(hi > lo, (hi - lo) / cells, 1.0)
     return jnp.clip(jnp.floor((acts - lo) / width), 0, cells - 1).astype(jnp.int32)
 
 
 def bin_index(acts, lo, hi, cell_bin):
-    """Bin of each activation (..., U) under the table `cell_bin` (U, cells), in its dtype."""
+    """Bin of each activation (U, ...) under the table `cell_bin` (U, cells), in its dtype."""
     units, cells = cell_bin.shape
     cell = cell_index(acts, lo, hi, cells)
-    flat = jnp.take_along_axis(cell_bin.T, cell.reshape(-1, units), axis=0, mode="promise_in_bounds")
+    flat = jnp.take_along_axis(cell_bin, cell.reshape(units, -1), axis=1, mode="promise_in_bounds")
     return flat.reshape(cell.shape)
 
 

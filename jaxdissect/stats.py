@@ -36,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdissect import bins as _bins
 from jaxdissect import parallel
-from jaxdissect.segmentation.resample import resize_bilinear_pixel_major, resize_bilinear_transpose
+from jaxdissect.segmentation.resample import resize_bilinear_channel_major, resize_bilinear_transpose
 
 
 class RangeStats(NamedTuple):
@@ -150,30 +150,33 @@ def _count_binned(featuremap, offset, set_offset, to_bin, bins, slots):
     """Counts of (unit, slot, bin) over a batch, as a flat (U * slots * bins + 1,) int32 vector.
 
     The featuremap (n, H, W, U) is upsampled (bilinear) to the size of
-    `offset` (n, h, w, K) and binned by `to_bin` (into an unsigned dtype
-    that holds 0..bins-1); `offset` holds slot * bins for each pixel and label
-    channel, or -1 where nothing must count; those entries go to the extra
-    last position. `set_offset` (n,) adds one more entry per pixel of a
-    sample, at its slot * bins, where it is >= 0.
+    `offset` (n, h, w, K) and binned by `to_bin` (unit-major activations
+    (U, ...) into an unsigned dtype that holds 0..bins-1); `offset` holds
+    slot * bins for each pixel and label channel, or -1 where nothing must
+    count; those entries go to the extra last position. `set_offset` (n,)
+    adds one more entry per pixel of a sample, at its slot * bins, where it
+    is >= 0.
 
     The bins of the whole batch are computed first, in one fused loop, in
     the narrowest integer type (for 256 bins a quarter of the memory traffic
-    of int32); a scan then counts them a chunk of samples at
-    a time. A chunk without any `set_offset` skips that entry (its scatter
-    is one entry per pixel and channel shorter).
+    of int32); a scan then counts them a chunk of samples at a time.
+    Everything is unit-major: each unit's bin table is read, and its block
+    of counts written, by one long run of its own pixels, so both stay in
+    cache (on CPU a quarter faster than pixel-major). A chunk without any
+    `set_offset` skips that entry (its scatter is one entry per pixel and
+    channel shorter).
     """
     n, _, _, units = featuremap.shape
     size, channels = offset.shape[1:3], offset.shape[3]
     unused = units * slots * bins
-    unit_offset = jnp.arange(units, dtype=jnp.int32) * (slots * bins)
+    unit_offset = (jnp.arange(units, dtype=jnp.int32) * (slots * bins))[:, None, None, None, None]
     rows = _chunk_rows(n, size[0] * size[1] * units * (channels + 1))
 
-    def chunk_bins(maps):                                                          # (r, H, W, U) -> (h, w, r, U)
-        return to_bin(resize_bilinear_pixel_major(maps, size))
+    def chunk_bins(maps):                                                          # (r, H, W, U) -> (U, r, h, w)
+        return to_bin(resize_bilinear_channel_major(maps, size))
 
-    def scatter(counts, b, offsets):
-        offsets = jnp.transpose(offsets, (1, 2, 0, 3))[..., None, :]              # (h, w, r, 1, K)
-        index = jnp.where(offsets >= 0, unit_offset[:, None] + offsets + b[..., None].astype(jnp.int32), unused)
+    def scatter(counts, b, offsets):                                  # b (U, r, h, w), offsets (r, h, w, K)
+        index = jnp.where(offsets >= 0, unit_offset + offsets + b[..., None].astype(jnp.int32), unused)
         return counts.at[index.reshape(-1)].add(1, mode="promise_in_bounds")
 
     def add_chunk(counts, chunk):
@@ -210,9 +213,9 @@ def _shown_category_set(class_counts, label_category, categories):
 def _raw_histogram(featuremap, valid, to_bin, bins):
     """(U, B) int32 histogram of the featuremap's cells (n, H, W, U), rows with `valid` False skipped."""
     units = featuremap.shape[-1]
-    index = jnp.arange(units, dtype=jnp.int32) * bins + to_bin(featuremap).astype(jnp.int32)
-    index = jnp.where(valid[:, None, None, None], index, units * bins)
-    index = jnp.moveaxis(index, -1, 0)                       # unit-major: each unit's counts stay in cache
+    unit_major = jnp.moveaxis(featuremap, -1, 0)             # each unit's counts stay in cache
+    index = jnp.arange(units, dtype=jnp.int32)[:, None, None, None] * bins + to_bin(unit_major).astype(jnp.int32)
+    index = jnp.where(valid[None, :, None, None], index, units * bins)
     counts = jnp.zeros(units * bins + 1, jnp.int32).at[index.reshape(-1)].add(1, mode="promise_in_bounds")
     return counts[:-1].reshape(units, bins)
 

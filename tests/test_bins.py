@@ -54,14 +54,14 @@ def test_histograms_with_placed_bins_equal_brute_force():
     state = stats.joint_init(lo, hi, 3, BINS, cell_bin=table)
     state = stats.joint_update(state, jnp.asarray(acts), jnp.asarray(seg), jnp.arange(6, dtype=jnp.int32),
                                jnp.zeros(3, jnp.int32))
-    upsampled = np.asarray(stats.resize_bilinear_pixel_major(jnp.asarray(acts), (8, 8)))   # (8, 8, n, U)
+    upsampled = np.asarray(stats.resize_bilinear_channel_major(jnp.asarray(acts), (8, 8)))   # (U, n, 8, 8)
     thresholds = bins.threshold_values(lo, hi, table)
     for u in range(3):
         width = np.float32((hi[u] - lo[u]) / CELLS)
-        cell = np.clip(np.floor((upsampled[..., u] - lo[u]) / width), 0, CELLS - 1).astype(int)
+        cell = np.clip(np.floor((upsampled[u] - lo[u]) / width), 0, CELLS - 1).astype(int)
         expected = np.bincount(table[u][cell].ravel(), minlength=BINS)
         np.testing.assert_array_equal(np.asarray(state.marginal[u]), expected)
-        at_or_above = (upsampled[..., u].ravel()[:, None] >= thresholds[u, None, :-1]).sum(axis=0)
+        at_or_above = (upsampled[u].ravel()[:, None] >= thresholds[u, None, :-1]).sum(axis=0)
         np.testing.assert_array_equal(measures.suffix_counts(expected)[:-1], at_or_above)
 
 

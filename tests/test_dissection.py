@@ -137,12 +137,12 @@ def test_class_pixel_counts_are_exact_integers():
 
 
 @pytest.mark.parametrize("size_in,size_out", [((5, 5), (12, 12)), ((8, 6), (32, 24)), ((12, 12), (5, 7))])
-def test_pixel_major_resize_equals_float64_bilinear(size_in, size_out):
-    """The histograms' upsampling, (N, H, W, C) -> (h, w, N, C), against the PyTorch weights in float64."""
+def test_channel_major_resize_equals_float64_bilinear(size_in, size_out):
+    """The histograms' upsampling, (N, H, W, C) -> (C, N, h, w), against the PyTorch weights in float64."""
     x = np.random.default_rng(3).standard_normal((3,) + size_in + (4,)).astype(np.float32)
     rows, cols = resample.bilinear_matrix(size_in[0], size_out[0]), resample.bilinear_matrix(size_in[1], size_out[1])
-    expect = np.einsum("ih,jw,nhwc->ijnc", rows, cols, x.astype(np.float64))
-    got = resample.resize_bilinear_pixel_major(jnp.asarray(x), size_out)
+    expect = np.einsum("ih,jw,nhwc->cnij", rows, cols, x.astype(np.float64))
+    got = resample.resize_bilinear_channel_major(jnp.asarray(x), size_out)
     np.testing.assert_allclose(np.asarray(got), expect, rtol=0, atol=1e-5)
 
 

@@ -119,21 +119,18 @@ def resize_bilinear(x, size):
                            precision_for(x.dtype))
 
 
-def resize_bilinear_pixel_major(x, size):
-    """`resize_bilinear(x, size)` laid out pixel-major: (N, H, W, C) -> (h, w, N, C).
+def resize_bilinear_channel_major(x, size):
+    """`resize_bilinear(x, size)` laid out channel-major: (N, H, W, C) -> (C, N, h, w).
 
-    Each axis is resized over an (H, W, N*C) view, as the two gathers of
-    `_apply_axis`: every output row is then a weighted sum of two long
-    contiguous input rows, which the compiler fuses with whatever consumes
-    the result (histogram bins) into one vectorised loop, and consumers that
-    treat pixels alike need no transpose back.
+    The small input is transposed, not the large output: each channel's
+    upsampled pixels then lie together, so consumers that work channel by
+    channel (each unit's histogram bins, looked up in that unit's table and
+    counted into that unit's block) stay within one channel's data.
     """
-    n, h_in, w_in, channels = x.shape
-    (h_out, w_out), precision = size, precision_for(x.dtype)
-    x = jnp.transpose(x, (1, 2, 0, 3)).reshape(h_in, w_in, n * channels)
-    x = _apply_axis(x, bilinear_matrix(h_in, h_out), 0, precision)
-    x = _apply_axis(x, bilinear_matrix(w_in, w_out), 1, precision)
-    return x.reshape(h_out, w_out, n, channels)
+    (h_in, w_in), (h_out, w_out), precision = x.shape[1:3], size, precision_for(x.dtype)
+    x = jnp.transpose(x, (3, 0, 1, 2))
+    x = _apply_axis(x, bilinear_matrix(h_in, h_out), 2, precision)
+    return _apply_axis(x, bilinear_matrix(w_in, w_out), 3, precision)
 
 
 def resize_bilinear_transpose(y, size):
