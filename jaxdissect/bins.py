@@ -14,6 +14,8 @@ histogram over CELLS cells: an edge at each of the iqr rule's default tail
 fractions, the others evenly in a blend of value and log tail fraction (down
 to TAIL_SMALLEST).
 """
+import heapq
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -104,10 +106,15 @@ def _nearest_tail_cells(tail, fractions):
 
 
 def _split_widest(starts, cells, bins):
-    """Sorted bin starts (0 first) grown to exactly `bins` by halving the widest bin, one at a time."""
-    starts = list(np.unique(np.concatenate([[0], starts])))
+    """Sorted bin starts (0 first) grown to exactly `bins` by halving the widest bin, one at a time (of
+    equally wide ones, the first)."""
+    starts = [int(s) for s in np.unique(np.concatenate([[0], starts]))]
+    widest_first = [(start - end, start) for start, end in zip(starts, starts[1:] + [cells])]
+    heapq.heapify(widest_first)
     while len(starts) < bins:
-        ends = starts[1:] + [cells]
-        widest = int(np.argmax(np.subtract(ends, starts)))
-        starts.insert(widest + 1, (starts[widest] + ends[widest]) // 2)
-    return np.asarray(starts)
+        negative_width, start = heapq.heappop(widest_first)
+        middle = start + (-negative_width) // 2
+        heapq.heappush(widest_first, (start - middle, start))
+        heapq.heappush(widest_first, (middle + negative_width - start, middle))
+        starts.append(middle)
+    return np.sort(starts)
