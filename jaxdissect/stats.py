@@ -162,7 +162,7 @@ def _count_binned(featuremap, offset, set_offset, to_bin, bins, slots):
     of int32); a scan then counts them a chunk of samples at a time.
     Everything is unit-major: each unit's bin table is read, and its block
     of counts written, by one long run of its own pixels, so both stay in
-    cache (on CPU a quarter faster than pixel-major). A chunk without any
+    cache (on CPU a fifth faster than pixel-major). A chunk without any
     `set_offset` skips that entry (its scatter is one entry per pixel and
     channel shorter).
     """
