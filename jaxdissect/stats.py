@@ -210,13 +210,12 @@ def _shown_category_set(class_counts, label_category, categories):
     return jnp.sum(jnp.minimum(shown, 1) << jnp.arange(categories, dtype=jnp.int32), axis=1)
 
 
-def _raw_histogram(featuremap, valid, to_bin, bins):
-    """(U, B) int32 histogram of the featuremap's cells (n, H, W, U), rows with `valid` False skipped."""
-    units = featuremap.shape[-1]
-    unit_major = jnp.moveaxis(featuremap, -1, 0)             # each unit's counts stay in cache
-    index = jnp.arange(units, dtype=jnp.int32)[:, None, None, None] * bins + to_bin(unit_major).astype(jnp.int32)
-    index = jnp.where(valid[None, :, None, None], index, units * bins)
-    counts = jnp.zeros(units * bins + 1, jnp.int32).at[index.reshape(-1)].add(1, mode="promise_in_bounds")
+def _unit_histogram(featuremap, valid, to_bin, bins, size):
+    """(U, bins) int32 histogram of each unit's activations, the featuremap (n, H, W, U) upsampled to
+    `size` (its own size: the raw cells), rows with `valid` False skipped."""
+    n, units = featuremap.shape[0], featuremap.shape[-1]
+    offset = jnp.broadcast_to(jnp.where(valid, 0, -1)[:, None, None, None], (n,) + tuple(size) + (1,))
+    counts = _count_binned(featuremap, offset, jnp.full(n, -1), to_bin, bins, 1)
     return counts[:-1].reshape(units, bins)
 
 
@@ -287,7 +286,7 @@ def _joint_increment(state, featuremap, seg, sample_index, label_category):
     onehot = jnp.sum(jax.nn.one_hot(labels, classes, dtype=jnp.float32) * labelled[..., None], axis=-2)
     class_weights = resize_bilinear_transpose(onehot, featuremap.shape[1:3])      # (n, H, W, C)
     act_sum = jnp.einsum("nhwu,nhwc->uc", featuremap, class_weights, precision=jax.lax.Precision.HIGHEST)
-    raw = _raw_histogram(featuremap, valid, to_bin, bins)
+    raw = _unit_histogram(featuremap, valid, to_bin, bins, featuremap.shape[1:3])
     counts = (joint, marginal, class_counts.sum(axis=0).at[0].set(0), act_sum, pixels, category_marginal,
               category_pixels, raw, jnp.sum(valid) * featuremap.shape[1] * featuremap.shape[2])
     counts = jax.lax.psum(counts, parallel.BATCH)
@@ -298,13 +297,10 @@ def _joint_increment(state, featuremap, seg, sample_index, label_category):
 def _cell_increment(cell_counts, featuremap, sample_index, lo, hi, size):
     """Local (U, cells) histogram of the featuremap (n, H, W, U) upsampled to `size`, over the equal
     cells of [lo, hi]; rows with sample_index < 0 are padding."""
-    units, cells = cell_counts.shape
-    offset = jnp.where(sample_index >= 0, 0, -1)[:, None, None, None]
-    offset = jnp.broadcast_to(offset, (featuremap.shape[0],) + tuple(size) + (1,))
+    cells = cell_counts.shape[1]
     to_cell = lambda maps: _bins.cell_index(maps, lo, hi, cells).astype(_bins.smallest_uint(cells - 1))
-    counts = _count_binned(featuremap.astype(jnp.float32), offset, jnp.full(featuremap.shape[0], -1), to_cell,
-                           cells, 1)
-    return cell_counts + jax.lax.psum(counts[:-1].reshape(units, cells), parallel.BATCH)
+    counts = _unit_histogram(featuremap.astype(jnp.float32), sample_index >= 0, to_cell, cells, size)
+    return cell_counts + jax.lax.psum(counts, parallel.BATCH)
 
 
 @functools.lru_cache(maxsize=None)

@@ -129,6 +129,8 @@ def resize_bilinear_channel_major(x, size):
     """
     (h_in, w_in), (h_out, w_out), precision = x.shape[1:3], size, precision_for(x.dtype)
     x = jnp.transpose(x, (3, 0, 1, 2))
+    if (h_in, w_in) == (h_out, w_out):
+        return x
     x = _apply_axis(x, bilinear_matrix(h_in, h_out), 2, precision)
     return _apply_axis(x, bilinear_matrix(w_in, w_out), 3, precision)
 
