@@ -62,6 +62,15 @@ def one_program_at_a_time(result):
     return result
 
 
+def process_zero_decides(flag):
+    """Process 0's `flag` (a bool), on every process: for decisions such as when to checkpoint, which each
+    process's own clock would make differently."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
 def wait_for_all_processes(name):
     """Blocks until every process reaches the point called `name` (nothing to wait for in one process),
     e.g. before reading back files that process 0 writes."""

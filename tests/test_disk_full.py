@@ -62,7 +62,8 @@ def test_dissect_stops_at_a_checkpoint_and_resumes_from_the_last_one_once_there_
     from the newest."""
     last = os.path.join(dissection, "checkpoints", max(os.listdir(os.path.join(dissection, "checkpoints")), key=int))
     one_checkpoint = sum(pages(os.path.join(root, name)) for root, _, names in os.walk(last) for name in names)
-    command = [*DISSECT, *models, f"--outdir={tmp_path}/disk/run", "--checkpoint_every=1"]
+    command = [*DISSECT, *models, f"--outdir={tmp_path}/disk/run", "--checkpoint_every=1",
+               "--checkpoint_minutes=0"]
     with full_disk(tmp_path / "disk", free=2 * one_checkpoint) as disk:
         assert_one_line_failure(run_main(*command), f"{disk}/run/checkpoints")
         kept = sorted(os.listdir(os.path.join(disk, "run", "checkpoints")), key=int)

@@ -274,7 +274,8 @@ def test_thresholds_match_direct_comparison():
 
 
 def planted_settings(**kw):
-    base = dict(layers=("layer",), samples=120, batch_size=16, checkpoint_every=2, bins=128, top_k=5)
+    base = dict(layers=("layer",), samples=120, batch_size=16, checkpoint_every=2,
+                checkpoint_minutes=0, bins=128, top_k=5)
     base.update(kw)
     return engine.DissectSettings(**base)
 
@@ -329,6 +330,28 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, sket
     assert calls["n"] == 7 - 2        # 7 batches of 16 for 100 samples; the first 2 were checkpointed
     jax.tree.map(np.testing.assert_array_equal, tuple(whole["layer"]), tuple(resumed["layer"]))
     assert (whole["layer"].raw_sketch is None) == (sketch_seed is None)
+
+
+def test_checkpoints_wait_for_checkpoint_minutes(tmp_path, monkeypatch):
+    """Every --checkpoint_every batches a checkpoint is considered and written only once
+    --checkpoint_minutes have passed since the last: with 25 s a batch and 1 minute, the main pass's
+    7 batches save after the 4th alone (besides the saves ending the calibration and the run)."""
+    settings = planted_settings(samples=100, checkpoint_every=2, checkpoint_minutes=1.0)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock["now"])
+    real_fold, real_save, saved_at = engine._fold_batch, engine._Run.save, []
+
+    def slow_fold(*args):
+        clock["now"] += 25.0
+        return real_fold(*args)
+
+    def recording_save(run, state):
+        saved_at.append((int(state["phase"]), int(state["next_sample"])))
+        return real_save(run, state)
+    monkeypatch.setattr(engine, "_fold_batch", slow_fold)
+    monkeypatch.setattr(engine._Run, "save", recording_save)
+    engine.collect_statistics(planted_source(settings), settings, str(tmp_path))
+    assert saved_at == [(3, 0), (3, 64), (4, 100)]
 
 
 def test_other_run_in_same_folder_is_refused(tmp_path):

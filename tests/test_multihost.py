@@ -24,7 +24,7 @@ from jaxdissect.causal import ablation, context, location, search
 from jaxdissect.dissection import engine, sources
 gen, seg = planted.PlantedGenerator(), planted.PlantedSegmenter()
 settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, bins=128, top_k=5,
-                                  checkpoint_every=2, original_sketch_seed=1)
+                                  checkpoint_every=2, checkpoint_minutes=0, original_sketch_seed=1)
 source = sources.GeneratedSamples(gen, gen.init(), seg, None, settings.layers, 1, settings.seed)
 (rs, js, (sketch_values, sketch_weights)), = engine.collect_statistics(source, settings, workdir + "/dissect").values()
 ace_settings = search.AlphaSearchSettings(layer="layer", class_index=planted.THING, steps=6, batch_size=8,

@@ -47,7 +47,8 @@ def test_a_resumed_dissection_says_so(tmp_path, monkeypatch, capsys):
     import planted
     from jaxdissect.dissection import engine, sources
     gen = planted.PlantedGenerator()
-    settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, checkpoint_every=2, bins=16,
+    settings = engine.DissectSettings(layers=("layer",), samples=100, batch_size=16, checkpoint_every=2,
+                                      checkpoint_minutes=0, bins=16,
                                       top_k=2)
     source = sources.GeneratedSamples(gen, gen.init(), planted.PlantedSegmenter(), None, settings.layers, 1,
                                       settings.seed)

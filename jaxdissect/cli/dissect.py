@@ -53,7 +53,11 @@ flags.DEFINE_float("min_agreement", 0.75, "dissect/report, --readout=paper: ... 
 flags.DEFINE_string("arrays", None, "dissect_arrays: an .npz file (or a folder of .npy files) of featuremaps "
                     "(N, h, w, U) named by layer, 'segmentation' (N, K, H, W) int, 'labels', optional "
                     "'categories' and 'images' (N, 3, H, W) in [-1, 1]; see README.")
-flags.DEFINE_integer("checkpoint_every", 20, "dissect: batches between checkpoints of the running statistics.")
+flags.DEFINE_integer("checkpoint_every", 20, "dissect: batches between considering a checkpoint of the running "
+                     "statistics (one is written once --checkpoint_minutes have passed since the last).")
+flags.DEFINE_float("checkpoint_minutes", 2.0, "dissect: least minutes of work between two checkpoints of the "
+                   "running statistics (0: at every --checkpoint_every batches); a killed run loses at most about "
+                   "this much.")
 flags.DEFINE_integer("original_sketch_seed", None, "dissect: for --rule=quantile under --readout=reference, "
                      "replay the original tool's randomised quantile sketch of the raw featuremaps as one of its "
                      "runs after torch.manual_seed(SEED) has it (its levels, and so its interpretable count, move "
@@ -68,7 +72,7 @@ def settings_from_flags():
               ("downsample", FLAGS.downsample >= 1),
               ("quantile", 0 < FLAGS.quantile < 1), ("iqr_levels", FLAGS.iqr_levels >= 2),
               ("iqr_smallest_fraction", 0 < FLAGS.iqr_smallest_fraction <= 1),
-              ("checkpoint_every", FLAGS.checkpoint_every >= 1),
+              ("checkpoint_every", FLAGS.checkpoint_every >= 1), ("checkpoint_minutes", FLAGS.checkpoint_minutes >= 0),
               ("original_sketch_seed", FLAGS.original_sketch_seed is None or 0 <= FLAGS.original_sketch_seed < 2 ** 32)]
     for name, ok in checks:
         if not ok:
@@ -79,7 +83,8 @@ def settings_from_flags():
         quantile=FLAGS.quantile, iqr_levels=FLAGS.iqr_levels,
         iqr_smallest_fraction=FLAGS.iqr_smallest_fraction, iqr_min_agreement=FLAGS.iqr_min_agreement,
         min_iou=FLAGS.min_iou, min_iqr=FLAGS.min_iqr, min_agreement=FLAGS.min_agreement,
-        checkpoint_every=FLAGS.checkpoint_every, original_sketch_seed=FLAGS.original_sketch_seed)
+        checkpoint_every=FLAGS.checkpoint_every, checkpoint_minutes=FLAGS.checkpoint_minutes,
+        original_sketch_seed=FLAGS.original_sketch_seed)
 
 
 def load_generator_flag():

@@ -18,6 +18,7 @@ import functools
 import glob
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,10 @@ class DissectSettings:
     min_iou: float = 0.05
     min_iqr: float = 0.01
     min_agreement: float = 0.75
+    # A checkpoint is considered every `checkpoint_every` batches and written when `checkpoint_minutes` of
+    # work have passed since the last one (0: at every consideration).
     checkpoint_every: int = 20
+    checkpoint_minutes: float = 2.0
     # Replays the original tool's randomised quantile sketch of the raw featuremaps under this torch seed
     # (jaxdissect.dissection.original_sketch); None: the quantile rule reads the streamed histogram.
     original_sketch_seed: int = None
@@ -242,10 +246,15 @@ def _passes(settings, state, run, label, samples, step):
     waits for it while the next one is already queued, so the device never
     idles and the rate and eta are true (on several processes, each batch
     finishes first: `parallel.one_program_at_a_time`).
+
+    The state is checkpointed at every `checkpoint_every`-th batch by which
+    `checkpoint_minutes` have passed since the last checkpoint (process 0's
+    clock decides for all): a save drains the device's queue and costs as
+    much as several toy batches, and more with large statistics.
     """
     start = int(state["next_sample"])
     progress = Progress(label, samples, start=start)
-    batches, queued = 0, None
+    batches, queued, last_save = 0, None, time.monotonic()
     while start < samples:
         state, done = parallel.one_program_at_a_time(
             step(state, start, parallel.global_indices(start, settings.batch_size, samples)))
@@ -255,8 +264,10 @@ def _passes(settings, state, run, label, samples, step):
             progress.update(int(queued))
         queued = done
         batches += 1
-        if batches % settings.checkpoint_every == 0 and start < samples:
+        if batches % settings.checkpoint_every == 0 and start < samples and parallel.process_zero_decides(
+                time.monotonic() - last_save >= 60 * settings.checkpoint_minutes):
             run.save(state)
+            last_save = time.monotonic()
     if queued is not None:
         progress.update(int(queued))
     return state
