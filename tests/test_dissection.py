@@ -354,6 +354,22 @@ def test_checkpoints_wait_for_checkpoint_minutes(tmp_path, monkeypatch):
     assert saved_at == [(3, 0), (3, 64), (4, 100)]
 
 
+def test_calibration_featuremaps_are_computed_once_when_they_fit(tmp_path, monkeypatch):
+    """The bin placement reuses the range pass's featuremaps (one model pass over the calibration
+    samples, not two) and places the same bins as when they are too large to keep and are recomputed."""
+    settings = planted_settings(samples=100, calibration_samples=48)
+    runs = {}
+    for kept_bytes in (engine.CALIBRATION_KEPT_BYTES, 0):
+        monkeypatch.setattr(engine, "CALIBRATION_KEPT_BYTES", kept_bytes)
+        source, calls = planted_source(settings), []
+        real_featuremaps = source.featuremaps
+        source.featuremaps = lambda start, index: calls.append(start) or real_featuremaps(start, index)
+        runs[kept_bytes] = engine.collect_statistics(source, settings, str(tmp_path / str(kept_bytes)))["layer"]
+        assert calls == [0, 16, 32] * (1 if kept_bytes else 2)
+    kept, recomputed = runs.values()
+    jax.tree.map(np.testing.assert_array_equal, tuple(kept), tuple(recomputed))
+
+
 def test_other_run_in_same_folder_is_refused(tmp_path):
     from jaxdissect.errors import UserError
     settings = planted_settings(samples=32)

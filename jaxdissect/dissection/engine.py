@@ -4,7 +4,10 @@ A short calibration (featuremaps alone, of the first `calibration_samples`
 samples) fixes each unit's histogram range [lo, hi] (its observed min and
 max there), then, from a fine histogram of the same samples' upsampled
 featuremaps, where its bins lie (jaxdissect.bins: edges at the iqr levels'
-tail fractions, so heavy tails keep their resolution). The main pass then
+tail fractions, so heavy tails keep their resolution). The featuremaps of
+the first pass are kept for the second while they fit in
+CALIBRATION_KEPT_BYTES; otherwise (or after a resume) they are computed
+again. The main pass then
 reads every sample's featuremaps and labels and folds each batch into fixed-shape states (jaxdissect.stats): every
 unit's range and top-k samples, and histograms of its activation against
 every class and label category. Memory does not grow with the sample count,
@@ -34,6 +37,8 @@ from jaxdissect.training.loop import Checkpoints
 # Settings that change the statistics; the others only change how they are read.
 STATISTICS_SETTINGS = ("layers", "samples", "seed", "downsample", "bins", "top_k", "calibration_samples",
                        "original_sketch_seed")
+# The calibration's featuremaps are kept between its two passes up to this size (all layers, the whole batch).
+CALIBRATION_KEPT_BYTES = 2 ** 30
 # Bumped when the statistics' content changes, so that a folder holding older statistics is refused.
 STATISTICS_VERSION = 3
 
@@ -226,10 +231,14 @@ def collect_statistics(source, settings, outdir, model_ids=None):
     state = jax.device_put(run.restore(state), parallel.replicated())
     if settings.original_sketch_seed is not None:
         run.restore_sketches(int(state["saves"]), RawSketches.new(units, settings.original_sketch_seed))
+    kept = {}   # {start: featuremaps} of the range pass, for the bin placement
+    calibration_bytes = min(settings.calibration_samples, settings.samples) * sum(
+        4 * int(np.prod(shapes[name][1:])) for name in layers)
     if int(state["phase"]) == 1:
-        state = _range_pass(source, settings, state, run)
+        state = _range_pass(source, settings, state, run, kept if calibration_bytes <= CALIBRATION_KEPT_BYTES
+                            else None)
     if int(state["phase"]) == 2:
-        state = _bin_placement_pass(source, settings, state, run, seg_shape[2:], joint_init)
+        state = _bin_placement_pass(source, settings, state, run, seg_shape[2:], joint_init, kept)
     if int(state["phase"]) == 3:
         state = _main_pass(source, settings, state, run, jnp.asarray(label_category))
     raw_sketches = run.sketches.summaries() if run.sketches is not None else dict.fromkeys(layers)
@@ -273,11 +282,14 @@ def _passes(settings, state, run, label, samples, step):
     return state
 
 
-def _range_pass(source, settings, state, run):
+def _range_pass(source, settings, state, run, kept):
     """Fixes every unit's histogram range from the first calibration samples (not checkpointed at its
-    end: a run killed before the bins are placed redoes this short pass)."""
+    end: a run killed before the bins are placed redoes this short pass); their featuremaps go into the
+    dict `kept` by batch start, unless it is None."""
     def step(state, start, index):
         maps = source.featuremaps(start, index)
+        if kept is not None:
+            kept[start] = maps
         state["calibration"] = _each_layer(settings.layers, lambda name: stats.range_update(
             state["calibration"][name], maps[name], index))
         return state, _samples_done(index, state["calibration"])
@@ -287,12 +299,13 @@ def _range_pass(source, settings, state, run):
     return state
 
 
-def _bin_placement_pass(source, settings, state, run, size, joint_init):
-    """Places every unit's bins from a fine histogram of the same calibration samples, upsampled."""
+def _bin_placement_pass(source, settings, state, run, size, joint_init, kept):
+    """Places every unit's bins from a fine histogram of the same calibration samples, upsampled (their
+    featuremaps taken from the dict `kept` by batch start where they are in it)."""
     ranges = state["calibration"]
 
     def step(state, start, index):
-        maps = source.featuremaps(start, index)
+        maps = kept.pop(start) if start in kept else source.featuremaps(start, index)
         state["cells"] = _each_layer(settings.layers, lambda name: stats.cell_update(
             state["cells"][name], maps[name], index, ranges[name].minimum, ranges[name].maximum, size))
         return state, _samples_done(index, state["cells"])
