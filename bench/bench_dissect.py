@@ -2,7 +2,7 @@
 
     python bench/bench_dissect.py [--generator=weights/toy/generator] [--segmenter=weights/toy/segmenter]
         [--layers=layer4,layer6] [--samples=2000] [--batch_size=64] [--downsample=2]
-        [--memory_samples=1000,10000 (empty: none)] [--rounds=2]
+        [--memory_samples=1000,10000 (empty: none)] [--rounds=2] [--checkpoint_minutes=2]
 
 Prints samples/s of the generator+segmenter forward alone (the latents,
 generator and segmenter calls the dissection makes, nothing else), samples/s
@@ -57,7 +57,8 @@ def peak_memory_mb(args, samples):
     with tempfile.TemporaryDirectory() as outdir:
         command = [sys.executable, os.path.abspath(__file__), "--child", f"--generator={args.generator}",
                    f"--segmenter={args.segmenter}", f"--layers={args.layers}", f"--samples={samples}",
-                   f"--batch_size={args.batch_size}", f"--downsample={args.downsample}", f"--outdir={outdir}"]
+                   f"--batch_size={args.batch_size}", f"--downsample={args.downsample}", f"--outdir={outdir}",
+                   f"--checkpoint_minutes={args.checkpoint_minutes}"]
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
 
@@ -73,6 +74,9 @@ def main():
     parser.add_argument("--memory_samples", default="1000,10000")
     parser.add_argument("--rounds", type=int, default=2, help="forward and dissection runs, alternated; "
                         "the best rate of each is printed")
+    parser.add_argument("--checkpoint_minutes", type=float, default=engine.DissectSettings.checkpoint_minutes,
+                        help="the dissection's least minutes between checkpoints (0: every 20 batches, as the "
+                        "code before this setting did)")
     parser.add_argument("--outdir")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -80,7 +84,7 @@ def main():
     segmenter, s_params = Segmenter.from_model_folder(args.segmenter)
     layers = tuple(args.layers.split(","))
     settings = engine.DissectSettings(layers=layers, samples=args.samples, batch_size=args.batch_size,
-                                      downsample=args.downsample)
+                                      downsample=args.downsample, checkpoint_minutes=args.checkpoint_minutes)
     source = sources.GeneratedSamples(generator, g_params, segmenter, s_params, layers, args.downsample,
                                       settings.seed)
     if args.child:
