@@ -37,7 +37,8 @@ from jaxdissect.training.loop import Checkpoints
 # Settings that change the statistics; the others only change how they are read.
 STATISTICS_SETTINGS = ("layers", "samples", "seed", "downsample", "bins", "top_k", "calibration_samples",
                        "original_sketch_seed")
-# The calibration's featuremaps are kept between its two passes up to this size (all layers, the whole batch).
+# The calibration's featuremaps are kept between its two passes up to this size (float32, all its samples and
+# layers, summed over the devices).
 CALIBRATION_KEPT_BYTES = 2 ** 30
 # Bumped when the statistics' content changes, so that a folder holding older statistics is refused.
 STATISTICS_VERSION = 3
