@@ -71,6 +71,11 @@ class DissectSettings:
     # (jaxdissect.dissection.original_sketch); None: the quantile rule reads the streamed histogram.
     original_sketch_seed: int = None
 
+    @property
+    def calibrated_samples(self):
+        """How many samples the calibration passes read (the first ones)."""
+        return min(self.calibration_samples, self.samples)
+
     def statistics_key(self, model_ids):
         return {"settings": {k: (list(v) if isinstance(v, tuple) else v)
                              for k, v in dataclasses.asdict(self).items() if k in STATISTICS_SETTINGS},
@@ -233,7 +238,7 @@ def collect_statistics(source, settings, outdir, model_ids=None):
     if settings.original_sketch_seed is not None:
         run.restore_sketches(int(state["saves"]), RawSketches.new(units, settings.original_sketch_seed))
     kept = {}   # {start: featuremaps} of the range pass, for the bin placement
-    calibration_bytes = min(settings.calibration_samples, settings.samples) * sum(
+    calibration_bytes = settings.calibrated_samples * sum(
         4 * int(np.prod(shapes[name][1:])) for name in layers)
     if int(state["phase"]) == 1:
         state = _range_pass(source, settings, state, run, kept if calibration_bytes <= CALIBRATION_KEPT_BYTES
@@ -294,8 +299,7 @@ def _range_pass(source, settings, state, run, kept):
         state["calibration"] = _each_layer(settings.layers, lambda name: stats.range_update(
             state["calibration"][name], maps[name], index))
         return state, _samples_done(index, state["calibration"])
-    samples = min(settings.calibration_samples, settings.samples)
-    state = _passes(settings, state, run, "calibration (unit ranges)", samples, step)
+    state = _passes(settings, state, run, "calibration (unit ranges)", settings.calibrated_samples, step)
     state.update(phase=jnp.int32(2), next_sample=jnp.int32(0))
     return state
 
@@ -310,8 +314,7 @@ def _bin_placement_pass(source, settings, state, run, size, joint_init, kept):
         state["cells"] = _each_layer(settings.layers, lambda name: stats.cell_update(
             state["cells"][name], maps[name], index, ranges[name].minimum, ranges[name].maximum, size))
         return state, _samples_done(index, state["cells"])
-    samples = min(settings.calibration_samples, settings.samples)
-    state = _passes(settings, state, run, "calibration (bin placement)", samples, step)
+    state = _passes(settings, state, run, "calibration (bin placement)", settings.calibrated_samples, step)
     state["joint"] = {name: joint_init(ranges[name].minimum, ranges[name].maximum,
                                        bins.tail_cell_bins(parallel.to_host(state["cells"][name]), settings.bins))
                       for name in settings.layers}
