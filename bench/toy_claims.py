@@ -2,7 +2,8 @@
 
     python bench/toy_claims.py [--ace_region=location] [--insert_value=presence] [--ace_steps=500]
         [--ace_batch_size=20] [--ace_search_samples=10000] [--ace_train_samples=1000] [--door_ace_steps=N]
-        [--door_ace_batch_size=N] [--ablate_region=location] [--eval_samples=200] [--context_samples=8]
+        [--door_ace_batch_size=N] [--ablate_region=location] [--eval_samples=200] [--effect_samples=64]
+        [--context_samples=8]
         [--root=runs/claims]
         [--summary=FILE]
 
@@ -13,8 +14,10 @@ Runs, through the command line a user would type:
    --door_ace_steps and --door_ace_batch_size give the door search its own
    length);
 3. ablation of the top-20 alpha-ranked tree units, the top-20 IoU-ranked
-   ones and 20 random units on held-out samples (`--mode=ablate`; by
-   default the original's evaluation, one present cell at a time);
+   ones, unless --effect_samples=0 the top 20 by their own effect (each unit
+   ablated alone on --effect_samples other samples) and 20 random units, on
+   held-out samples (`--mode=ablate`; by default the original's evaluation,
+   one present cell at a time);
 4. door units inserted at every position of held-out samples, the effect
    grouped by the class already there (`--mode=insert`);
 5. unless --no-trace, the tracing of that insertion through the later layers
@@ -92,7 +95,9 @@ def ablation_claims(ablation):
     n = ablation["counts"].index(20)
     by_alpha, by_random = ablation["curves"]["ace"][n], ablation["random"]["mean"][n]
     by_iou = ablation["curves"]["iou"][n] if "iou" in ablation["curves"] else None
-    return {"tree_removed_by_alpha": by_alpha, "tree_removed_by_iou": by_iou, "tree_removed_by_random": by_random,
+    by_effect = ablation["curves"]["effect"][n] if "effect" in ablation["curves"] else None
+    return {"tree_removed_by_alpha": by_alpha, "tree_removed_by_iou": by_iou, "tree_removed_by_effect": by_effect,
+            "tree_removed_by_random": by_random,
             "random_draws": len(ablation["random"]["draws"]),
             "alpha_pass": by_alpha >= 0.5, "random_pass": by_random <= 0.1}
 
@@ -119,6 +124,8 @@ def print_claims(claims, layer):
           f"{claims['random_draws']} draws (target <= 10%): {verdict(claims['random_pass'])}")
     if claims["tree_removed_by_iou"] is not None:
         print(f"  (top-20 IoU-ranked units remove {claims['tree_removed_by_iou']:.1%})")
+    if claims["tree_removed_by_effect"] is not None:
+        print(f"  (the 20 units of largest effect alone remove {claims['tree_removed_by_effect']:.1%})")
     print(f"  alpha exactly 0: {claims['alpha_zero']['tree']} tree and {claims['alpha_zero']['door']} door units")
     for name, evaluation in claims["ace_evaluation"].items():
         if evaluation:
@@ -160,6 +167,8 @@ def main():
     parser.add_argument("--ablate_region", default="location", choices=["location", "image"])
     parser.add_argument("--eval_samples", type=int, default=200)
     parser.add_argument("--random_draws", type=int, default=5)
+    parser.add_argument("--effect_samples", type=int, default=64,
+                        help="samples on which each unit's own effect ranks the units (0: no effect ranking)")
     parser.add_argument("--context_samples", type=int, default=8)
     parser.add_argument("--trace", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
@@ -177,10 +186,11 @@ def main():
                           f"--insert_value={args.insert_value}")
            for name, (steps, batch) in length.items()}
     ace_json = {name: os.path.join(folder, "ace.json") for name, folder in ace.items()}
+    effect = ["--rankings=ace,iou,effect", f"--effect_samples={args.effect_samples}"] if args.effect_samples else []
     ablate = run_step(root, flagfile, "ablate-tree", "--mode=ablate", *common, "--class_name=tree",
                       f"--ace={ace_json['tree']}", "--ablate_counts=20", f"--ablate_region={args.ablate_region}",
                       f"--eval_samples={args.eval_samples}",
-                      f"--random_draws={args.random_draws}")
+                      f"--random_draws={args.random_draws}", *effect)
     insert = run_step(root, flagfile, "insert-door", "--mode=insert", *common, "--class_name=door",
                       f"--ace={ace_json['door']}", f"--context_samples={args.context_samples}")
     claims = {"ace_region": args.ace_region, "insert_value": args.insert_value, "ablate_region": args.ablate_region,

@@ -107,6 +107,26 @@ def test_location_ablation_equals_a_loop_over_present_cells_off_the_grid():
     assert image["curves"]["planted"][0] == 1.0
 
 
+def test_effect_ranking_equals_each_unit_ablated_alone_in_a_loop():
+    """Off the grid every unit has its own one-cell effect: the ranking's figures equal the loop's for
+    each unit alone, the planted unit first, and over the whole image only the planted unit removes any."""
+    gen, seg = planted.OffGridGenerator(), planted.PlantedSegmenter()
+    params = gen.init()
+    seed, samples = 9, 5
+    ranking, effects = ablation.effect_ranking(gen, params, seg, None, "layer", planted.THING, seed, samples,
+                                               batch_size=4)
+    expect = [brute_force_location_removal(gen, params, seed, samples, [u]) for u in range(planted.UNITS)]
+    np.testing.assert_allclose(effects, expect, atol=1e-6)
+    assert ranking[0] == planted.PLANTED_UNIT and sorted(ranking) == list(range(planted.UNITS))
+    assert all(effects[a] >= effects[b] for a, b in zip(ranking, ranking[1:]))
+    ranking, effects = ablation.effect_ranking(gen, params, seg, None, "layer", planted.THING, seed, samples,
+                                               batch_size=4, region="image")
+    expect = np.zeros(planted.UNITS)
+    expect[planted.PLANTED_UNIT] = 1.0
+    np.testing.assert_array_equal(effects, expect)
+    assert ranking == [planted.PLANTED_UNIT] + [u for u in range(planted.UNITS) if u != planted.PLANTED_UNIT]
+
+
 # ---------------------------------------------------------------------------
 # Insertion in context
 
@@ -379,15 +399,20 @@ def test_insertion_values_from_the_dissection(dissection):
 def test_ablate_mode(dissection, ace_run):
     outdir, _ = dissection
     result = run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=tree", "--ablate_counts=1,3,8,40",
-                      "--random_draws=2", "--eval_samples=6", "--batch_size=4")
+                      "--random_draws=2", "--eval_samples=6", "--batch_size=4", "--rankings=ace,iou,effect",
+                      "--effect_samples=3")
     assert result.returncode == 0, result.stderr
     assert "skipping --ablate_counts [40]" in result.stdout
     with open(os.path.join(outdir, "ablate", "tree", "ablation.json")) as f:
         curves = json.load(f)
-    assert curves["counts"] == [1, 3, 8] and set(curves["curves"]) == {"ace", "iou"}
+    assert curves["counts"] == [1, 3, 8] and set(curves["curves"]) == {"ace", "iou", "effect"}
     assert curves["units"]["ace"] == ace_run["ranking"]
+    effects = curves["effects"]["removed"]
+    assert curves["effects"]["samples"] == 3 and len(effects) == 8
+    assert [effects[u] for u in curves["units"]["effect"]] == sorted(effects, reverse=True)
     # n = 8 is every unit: the same set for every ranking and draw.
-    at_all = [curves["curves"]["ace"][2], curves["curves"]["iou"][2]] + [d[2] for d in curves["random"]["draws"]]
+    at_all = [curves["curves"][name][2] for name in ("ace", "iou", "effect")]
+    at_all += [draw[2] for draw in curves["random"]["draws"]]
     assert max(at_all) - min(at_all) < 1e-12
     assert os.path.isfile(os.path.join(outdir, "ablate", "tree", "ablation.svg"))
 
@@ -457,6 +482,12 @@ def test_bad_inputs_give_one_line_errors(dissection, tmp_path):
                           "--ace_probes=65")
     assert_one_line_error(run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=sky"),
                           "ace.json", "--mode=ace")
+    assert_one_line_error(run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=tree",
+                                   "--rankings=iou,best"), "--rankings=iou,best", "ace, iou, effect")
+    assert_one_line_error(run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=tree",
+                                   "--rankings=effect", "--effect_samples=0"), "--effect_samples=0")
+    assert_one_line_error(run_main("--mode=ablate", f"--dissection={outdir}", "--class_name=tree",
+                                   "--rankings=effect", "--effect_seed=3"), "--effect_seed=3 equals --eval_seed")
     (tmp_path / "units.json").write_text("[0, 2]")
     units = f"--artifact_units={tmp_path / 'units.json'}"
     artifacts_mode = ("--mode=artifacts", f"--dissection={outdir}", units, "--frechet_dims=2", "--eval_samples=4")

@@ -15,7 +15,8 @@ For a unit set U, on held-out samples, in one of two ways (`region`):
 
 Both pool over the samples (sums, not a mean of per-image ratios). Curves
 compare the top-n units by alpha (the causal ranking), by IoU (the
-dissection's ranking) and random units, for several n. A unit set is an
+dissection's ranking), by each unit's own effect (`effect_ranking`, measured
+on other samples) and random units, for several n. A unit set is an
 alpha indicator, so one compiled function serves every n and ranking.
 """
 import functools
@@ -151,6 +152,47 @@ def removed_fraction(before, after):
     return np.where(before > 0, 1.0 - np.asarray(after, np.float64) / np.maximum(before, 1), 0.0)
 
 
+def removal_totals(generator, g_params, segmenter, s_params, layer, unit_sets, class_index, seed, samples,
+                   batch_size, downsample=1, region="location"):
+    """(before, after (S,), record): the class's total with nothing ablated and with each of `unit_sets`
+    (S, U) ablated as `region` says (see the module's docstring), over samples [0, samples) of `seed`.
+
+    Totals are pixels ('image') or summed cell shares ('location'); `record`
+    names them for the JSON ('pixels_before', or 'present_cells' and
+    'shares_before') and gives their `unit`.
+    """
+    if region == "image":
+        sets = np.concatenate([np.zeros((1, np.shape(unit_sets)[1]), np.float32), unit_sets])
+        totals = class_pixels(generator, g_params, segmenter, s_params, layer, sets, class_index, seed, samples,
+                              batch_size, downsample)
+        return totals[0], totals[1:], {"pixels_before": int(totals[0]), "unit": "pixels"}
+    if region == "location":     # before: the unedited shares present_cells reads
+        sample, cell, share = present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed,
+                                            samples, batch_size, downsample)
+        before = np.sum(share, dtype=np.float64)
+        after = cell_shares(generator, g_params, segmenter, s_params, layer, unit_sets, class_index, seed, sample,
+                            cell, batch_size, downsample)
+        return before, after, {"present_cells": len(sample), "shares_before": float(before), "unit": "shares"}
+    raise ValueError(f"unknown ablation region {region!r}")
+
+
+def effect_ranking(generator, g_params, segmenter, s_params, layer, class_index, seed, samples, batch_size,
+                   downsample=1, region="location"):
+    """(ranking, effects (U,)): each unit ablated on its own, as `region` says, over samples [0, samples) of
+    `seed`; `effects` is the share of the class each removes, `ranking` the units by it, most first, equal
+    effects by unit index.
+
+    A baseline between the dissection's IoU (no intervention) and the alpha
+    search (units chosen jointly): the units that matter most one by one.
+    """
+    n_units = layer_units(generator, g_params, layer)
+    before, after, _ = removal_totals(generator, g_params, segmenter, s_params, layer,
+                                      np.eye(n_units, dtype=np.float32), class_index, seed, samples, batch_size,
+                                      downsample, region)
+    effects = removed_fraction(before, after)
+    return np.lexsort((np.arange(n_units), -effects)).tolist(), effects
+
+
 def ablation_curves(generator, g_params, segmenter, s_params, layer, class_index, rankings, counts,
                     random_draws, seed, samples, batch_size, downsample=1, region="location"):
     """Removed fraction for the top n of each ranking and of `random_draws` random rankings, ablated as
@@ -164,25 +206,12 @@ def ablation_curves(generator, g_params, segmenter, s_params, layer, class_index
     """
     n_units = layer_units(generator, g_params, layer)
     randoms = random_rankings(seed, random_draws, n_units)
-    sets = [np.zeros((1, n_units), np.float32)]                                    # nothing ablated
-    sets += [top_sets(r, counts, n_units) for r in list(rankings.values()) + randoms]
-    sets = np.concatenate(sets)
-    if region == "image":
-        totals = class_pixels(generator, g_params, segmenter, s_params, layer, sets, class_index, seed, samples,
-                              batch_size, downsample)
-        record = {"pixels_before": int(totals[0])}
-        unit = "pixels"
-    elif region == "location":     # before: the unedited shares present_cells reads
-        sample, cell, share = present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed,
-                                            samples, batch_size, downsample)
-        totals = np.concatenate([[np.sum(share, dtype=np.float64)], cell_shares(
-            generator, g_params, segmenter, s_params, layer, sets[1:], class_index, seed, sample, cell, batch_size,
-            downsample)])
-        record = {"present_cells": len(sample), "shares_before": float(totals[0])}
-        unit = "shares"
-    else:
-        raise ValueError(f"unknown ablation region {region!r}")
-    before, after = totals[0], totals[1:].reshape(-1, len(counts))
+    sets = np.concatenate([np.zeros((0, n_units), np.float32)]
+                          + [top_sets(r, counts, n_units) for r in list(rankings.values()) + randoms])
+    before, after, record = removal_totals(generator, g_params, segmenter, s_params, layer, sets, class_index,
+                                           seed, samples, batch_size, downsample, region)
+    unit = record.pop("unit")
+    after = after.reshape(-1, len(counts))
     fractions = removed_fraction(before, after)
     named = {name: fractions[i].tolist() for i, name in enumerate(rankings)}
     draws = fractions[len(rankings):]

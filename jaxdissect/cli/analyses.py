@@ -29,7 +29,12 @@ flags.DEFINE_integer("eval_samples", 200, "ablate/artifacts: held-out samples me
 flags.DEFINE_list("ablate_counts", ["1", "2", "5", "10", "20", "40"], "ablate: sizes n of the ablated top-n "
                   "unit sets (sizes above the layer's unit count are skipped).")
 flags.DEFINE_list("rankings", ["ace", "iou"], "ablate: unit rankings to ablate from: 'ace' (alpha, from "
-                  "ace.json) and/or 'iou' (the dissection).")
+                  "ace.json), 'iou' (the dissection) and/or 'effect' (each unit ablated on its own, as "
+                  "--ablate_region says, on --effect_samples samples of --effect_seed; costs a unit count of "
+                  "ablations per sample or present cell).")
+flags.DEFINE_integer("effect_seed", 4, "ablate, --rankings=effect: latent seed of the samples the units are "
+                     "ranked on (must differ from --eval_seed, where the ranking is measured).")
+flags.DEFINE_integer("effect_samples", 64, "ablate, --rankings=effect: samples the units are ranked on.")
 flags.DEFINE_enum("ablate_region", "location", ["location", "image"], "ablate: 'location' (the original's "
                   "evaluation): every featuremap cell the class touches is ablated on its own and the class's share "
                   "of that cell read back; 'image': the units are zeroed at every cell at once and the class's "
@@ -91,6 +96,9 @@ def save_outputs(outdir, name, result, svg=None, png=None, arrays=None):
 # ---------------------------------------------------------------------------
 # Ablation curves
 
+RANKINGS = ("ace", "iou", "effect")
+
+
 def ablation_figure(result, class_name, layer):
     from jaxdissect.report import charts
     counts = result["counts"]
@@ -109,15 +117,18 @@ def ablation_figure(result, class_name, layer):
 def run_ablate():
     from jaxdissect.causal import ablation
     rankings = {}
-    unknown = [r for r in FLAGS.rankings if r not in ("ace", "iou")]
-    if unknown:
-        raise UserError(f"--rankings: unknown ranking {unknown[0]!r}; use ace and/or iou")
+    unknown = [r for r in FLAGS.rankings if r not in RANKINGS]
+    if unknown or not FLAGS.rankings:
+        raise UserError(f"--rankings={','.join(FLAGS.rankings)}: expected one or more of {', '.join(RANKINGS)}")
     try:
         counts = sorted({int(c) for c in FLAGS.ablate_counts})
     except ValueError:
         raise UserError(f"--ablate_counts={','.join(FLAGS.ablate_counts)}: expected integers") from None
     check_flags(("eval_samples", FLAGS.eval_samples >= 1), ("random_draws", FLAGS.random_draws >= 0),
-                ("batch_size", FLAGS.batch_size >= 1))
+                ("batch_size", FLAGS.batch_size >= 1), ("effect_samples", FLAGS.effect_samples >= 1))
+    if "effect" in FLAGS.rankings and FLAGS.effect_seed == FLAGS.eval_seed:
+        raise UserError(f"--effect_seed={FLAGS.effect_seed} equals --eval_seed: the units would be ranked on the "
+                        "samples they are measured on")
     if "ace" in FLAGS.rankings:
         study, record, outdir = causal_study("ablate")
         rankings["ace"] = record["ranking"]
@@ -133,11 +144,19 @@ def run_ablate():
         raise UserError(f"--ablate_counts: no size between 1 and the {n_units} units of {study.layer}")
     if skipped:
         print(f"note: skipping --ablate_counts {skipped}: {study.layer} has {n_units} units")
+    effects = {}
+    if "effect" in FLAGS.rankings:
+        rankings["effect"], unit_effects = ablation.effect_ranking(
+            study.generator, study.g_params, study.segmenter, study.s_params, study.layer, study.class_index,
+            FLAGS.effect_seed, FLAGS.effect_samples, FLAGS.batch_size, study.downsample, FLAGS.ablate_region)
+        effects = {"effects": {"seed": FLAGS.effect_seed, "samples": FLAGS.effect_samples,
+                               "removed": unit_effects.tolist()}}
     result = ablation.ablation_curves(study.generator, study.g_params, study.segmenter, study.s_params, study.layer,
                                       study.class_index, rankings, counts, FLAGS.random_draws, FLAGS.eval_seed,
                                       FLAGS.eval_samples, FLAGS.batch_size, study.downsample, FLAGS.ablate_region)
     result = {"layer": study.layer, "class": study.class_name, "samples": FLAGS.eval_samples,
-              "seed": FLAGS.eval_seed, "units": {name: r[:max(counts)] for name, r in rankings.items()}, **result}
+              "seed": FLAGS.eval_seed, "units": {name: r[:max(counts)] for name, r in rankings.items()}, **result,
+              **effects}
     save_outputs(outdir, "ablation", result, ablation_figure(result, study.class_name, study.layer))
     for name, curve in result["curves"].items():
         print(f"{name:>6}: " + "  ".join(f"n={n}: {f:.3f}" for n, f in zip(counts, curve)))
