@@ -159,20 +159,20 @@ def removal_totals(generator, g_params, segmenter, s_params, layer, unit_sets, c
 
     Totals are pixels ('image') or summed cell shares ('location'); `record`
     names them for the JSON ('pixels_before', or 'present_cells' and
-    'shares_before') and gives their `unit`.
+    'shares_before').
     """
     if region == "image":
         sets = np.concatenate([np.zeros((1, np.shape(unit_sets)[1]), np.float32), unit_sets])
         totals = class_pixels(generator, g_params, segmenter, s_params, layer, sets, class_index, seed, samples,
                               batch_size, downsample)
-        return totals[0], totals[1:], {"pixels_before": int(totals[0]), "unit": "pixels"}
+        return totals[0], totals[1:], {"pixels_before": int(totals[0])}
     if region == "location":     # before: the unedited shares present_cells reads
         sample, cell, share = present_cells(generator, g_params, segmenter, s_params, layer, class_index, seed,
                                             samples, batch_size, downsample)
         before = np.sum(share, dtype=np.float64)
         after = cell_shares(generator, g_params, segmenter, s_params, layer, unit_sets, class_index, seed, sample,
                             cell, batch_size, downsample)
-        return before, after, {"present_cells": len(sample), "shares_before": float(before), "unit": "shares"}
+        return before, after, {"present_cells": len(sample), "shares_before": float(before)}
     raise ValueError(f"unknown ablation region {region!r}")
 
 
@@ -210,7 +210,7 @@ def ablation_curves(generator, g_params, segmenter, s_params, layer, class_index
                           + [top_sets(r, counts, n_units) for r in list(rankings.values()) + randoms])
     before, after, record = removal_totals(generator, g_params, segmenter, s_params, layer, sets, class_index,
                                            seed, samples, batch_size, downsample, region)
-    unit = record.pop("unit")
+    unit = "pixels" if region == "image" else "shares"
     after = after.reshape(-1, len(counts))
     fractions = removed_fraction(before, after)
     named = {name: fractions[i].tolist() for i, name in enumerate(rankings)}
